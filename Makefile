@@ -1,0 +1,41 @@
+# The two commands a fresh machine needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: demo test install lint browser clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# pip (not uv/poetry) so torch comes from this machine's local wheel cache.
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/catalens demo --host $(HOST) --port $(PORT)
+
+# Chromium for the browser tests comes from Debian, never from `playwright install`.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "installing Debian's chromium for the browser tests"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium) \
+		|| echo "WARNING: could not install chromium; browser tests will be skipped"; }
+	@command -v docker-compose >/dev/null 2>&1 || { \
+		(DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose) \
+		|| echo "WARNING: could not install docker-compose; the compose check will be skipped"; }
+
+test: install browser
+	$(BIN)/ruff check catalens indexer retrieval training tests
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf catalens-data .pytest_cache test-artifacts

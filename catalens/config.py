@@ -1,0 +1,52 @@
+"""One settings object for every process; read from CATALENS_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL = "catalens-demo"
+
+
+class Settings(BaseSettings):
+    """Runtime configuration; pass it down, never read the environment elsewhere."""
+
+    model_config = SettingsConfigDict(env_prefix="CATALENS_", extra="ignore")
+
+    index_dir: Path = Field(default=Path("catalens-data"), description="where versions and the DB live")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in index_dir")
+    model: str = DEFAULT_MODEL
+    pretrained: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(default=0, ge=0, description="torch/FAISS threads; 0 = all cores / workers")
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    decode_workers: int = Field(default=2, ge=1, le=64)
+    max_image_pixels: int = Field(default=40_000_000, ge=1)
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    max_query_chars: int = Field(default=1000, ge=1)
+    fetch_timeout_s: float = Field(default=10.0, gt=0)
+    max_fetch_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    max_error_ratio: float = Field(default=0.5, ge=0, le=1, description="refuse to publish above this")
+    thumbnail_px: int = Field(default=192, ge=32, le=1024)
+    text_cache_size: int = Field(default=4096, ge=0)
+    api_key: str | None = None
+
+    @field_validator("index_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.index_dir / 'catalens.db').resolve()}"
+
+    def torch_threads(self, workers: int = 1) -> int:
+        """Threads per worker so that workers x threads never exceeds the cores."""
+        import os
+
+        if self.threads:
+            return self.threads
+        return max(1, (os.cpu_count() or 1) // max(1, workers))

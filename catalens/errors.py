@@ -1,0 +1,66 @@
+"""The typed errors of Catalens; each knows its stable code and HTTP status."""
+
+from __future__ import annotations
+
+
+class CatalensError(Exception):
+    """Base of every error Catalens raises on purpose."""
+
+    code = "catalens_error"
+    http_status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInputError(CatalensError):
+    code, http_status = "invalid_input", 422
+
+
+class NotFoundError(CatalensError):
+    code, http_status = "not_found", 404
+
+
+class UnsupportedImageError(CatalensError):
+    """The bytes are not an image we can decode (format, corruption, truncation)."""
+
+    code, http_status = "unsupported_image", 415
+
+
+class PayloadTooLargeError(CatalensError):
+    """Too many bytes or too many pixels (decompression bomb)."""
+
+    code, http_status = "payload_too_large", 413
+
+
+class ImageFetchError(CatalensError):
+    code, http_status = "image_fetch_failed", 422
+
+
+class UnauthorizedError(CatalensError):
+    code, http_status = "unauthorized", 401
+
+
+class IndexNotReadyError(CatalensError):
+    code, http_status = "index_not_ready", 503
+
+
+class IndexArtifactError(CatalensError):
+    """An index version on disk is missing, corrupt or does not match its manifest."""
+
+    code, http_status = "index_artifact_error", 503
+
+
+class ModelLoadError(CatalensError):
+    code, http_status = "model_load_failed", 500
+
+
+class CatalogError(CatalensError):
+    """The catalog file as a whole cannot be read (missing, wrong format, no required column)."""
+
+    code, http_status = "catalog_error", 422
+
+
+class BuildLockedError(CatalensError):
+    code, http_status = "build_locked", 409

@@ -1,0 +1,32 @@
+"""Embedder stage: batches of preprocessed images or texts -> vectors, counting model calls."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from catalens.encoder import ClipEncoder
+
+
+@dataclass
+class Embedder:
+    """Wraps the encoder for the pipeline; `calls`/`items` let tests prove what was re-embedded."""
+
+    encoder: ClipEncoder
+    calls: int = 0
+    items: int = 0
+    _stats: dict[str, int] = field(default_factory=dict)
+
+    def embed_pixels(self, pixels: list[Any]) -> np.ndarray:
+        import torch
+
+        self.calls += 1
+        self.items += len(pixels)
+        return self.encoder.encode_pixels(torch.stack(pixels))
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        self.calls += 1
+        self.items += len(texts)
+        return self.encoder.encode_texts(texts)

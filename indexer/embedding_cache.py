@@ -1,0 +1,64 @@
+"""Writer stage: embeddings persisted in shards as they are computed, keyed by content hash.
+
+One folder per model, so a model change never reuses vectors. Each shard is written to a
+temp file, fsynced and renamed: a build killed at any point leaves only complete shards,
+and the next build resumes from them (an unchanged image or text costs no model time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+
+class EmbeddingCache:
+    """Maps keys like `img:<sha256>` / `txt:<sha256>` to float32 vectors for one model."""
+
+    def __init__(self, root: Path, model_id: str) -> None:
+        self.dir = root / hashlib.sha256(model_id.encode()).hexdigest()[:16]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "MODEL").write_text(model_id)
+        self._vectors: dict[str, np.ndarray] = {}
+        for shard in sorted(self.dir.glob("shard-*.npz")):
+            with np.load(shard, allow_pickle=False) as data:
+                for key, vec in zip(data["keys"], data["vectors"]):
+                    self._vectors[str(key)] = vec
+
+    def __len__(self) -> int:
+        return len(self._vectors)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._vectors
+
+    def get(self, key: str) -> np.ndarray | None:
+        return self._vectors.get(key)
+
+    def put_many(self, keys: list[str], vectors: np.ndarray) -> None:
+        """Persist a batch as one shard (atomic), then make it visible in memory."""
+        if not keys:
+            return
+        name = f"shard-{uuid.uuid4().hex}.npz"
+        tmp = self.dir / f".{name}.tmp"
+        with open(tmp, "wb") as fh:
+            np.savez(fh, keys=np.array(keys), vectors=np.asarray(vectors, dtype=np.float32))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.dir / name)
+        for key, vec in zip(keys, vectors):
+            self._vectors[key] = np.asarray(vec, dtype=np.float32)
+
+    def compact(self) -> None:
+        """Merge all shards into one (fewer files to open on the next start)."""
+        shards = sorted(self.dir.glob("shard-*.npz"))
+        if len(shards) <= 1:
+            return
+        keys = list(self._vectors)
+        self.put_many(keys, np.stack([self._vectors[k] for k in keys]))
+        newest = max(self.dir.glob("shard-*.npz"), key=os.path.getmtime)
+        for shard in shards:
+            if shard != newest:
+                shard.unlink(missing_ok=True)

@@ -1,0 +1,73 @@
+"""Reader stage: image reference -> bytes -> content hash -> decoded, preprocessed tensor + thumbnail."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from catalens.config import Settings
+from catalens.errors import CatalensError
+from catalens.images import content_hash, decode_image, read_image_source
+
+
+@dataclass
+class ImageJob:
+    image_id: int
+    source: str
+
+
+@dataclass
+class LoadedImage:
+    """The outcome for one image: a tensor to embed, a cache hit, or an error with its reason."""
+
+    image_id: int
+    content_hash: str | None = None
+    pixels: Any = None
+    thumbnail: str | None = None
+    error_code: str | None = None
+    error: str | None = None
+
+
+class ImageReader:
+    """Reads, hashes and decodes images; skips decoding when the cache already has the vector."""
+
+    def __init__(self, settings: Settings, *, images_root: Path | None, preprocess: Any,
+                 image_size: int, is_cached: Any) -> None:
+        self.settings = settings
+        self.images_root = images_root
+        self.preprocess = preprocess
+        self.image_size = image_size
+        self.is_cached = is_cached
+        self.thumb_root = settings.index_dir / "thumbnails"
+
+    def __call__(self, job: ImageJob) -> LoadedImage:
+        out = LoadedImage(job.image_id)
+        try:
+            data = read_image_source(job.source, images_root=self.images_root,
+                                     timeout_s=self.settings.fetch_timeout_s,
+                                     max_bytes=self.settings.max_fetch_bytes)
+            out.content_hash = content_hash(data)
+            thumb_rel = f"{out.content_hash[:2]}/{out.content_hash}.jpg"
+            out.thumbnail = thumb_rel
+            need_thumb = not (self.thumb_root / thumb_rel).is_file()
+            if self.is_cached(out.content_hash) and not need_thumb:
+                return out
+            draft = max(self.image_size, self.settings.thumbnail_px)
+            image = decode_image(data, max_pixels=self.settings.max_image_pixels, draft_size=draft)
+            if need_thumb:
+                self._save_thumbnail(image, thumb_rel)
+            if not self.is_cached(out.content_hash):
+                out.pixels = self.preprocess(image)
+        except CatalensError as exc:
+            out.error_code, out.error = exc.code, exc.message
+        return out
+
+    def _save_thumbnail(self, image: Any, rel: str) -> None:
+        path = self.thumb_root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        thumb = image.copy()
+        thumb.thumbnail((self.settings.thumbnail_px, self.settings.thumbnail_px))
+        tmp = path.with_name(f".{path.name}.tmp")
+        thumb.save(tmp, format="JPEG", quality=85)
+        tmp.replace(path)

@@ -1,0 +1,32 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from retrieval.deps import MetricsDep, SearcherDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {}})
+def readyz(searcher: SearcherDep) -> JSONResponse:
+    """Ready once an index version is loaded (503 until then)."""
+    snap = searcher.current
+    if snap is None:
+        return JSONResponse({"error": {"code": "index_not_ready", "message":
+                             "no index loaded yet: build one with `catalens index build`"}}, status_code=503)
+    return JSONResponse({"status": "ready", "index_version": snap.version_id, "vectors": snap.images.ntotal})
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(m: MetricsDep) -> Response:
+    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,272 @@
+"""Train the bundled retrieval CLIP from scratch on the generated product world (CPU, open_clip code).
+
+Reproducible: every random choice flows from --seed; the log, metrics and fp16 safetensors
+weights are written together into --out, in the layout the model loader reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from catalens import world
+
+LOG = logging.getLogger("catalens.train")
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "catalens-demo.json"
+EVAL_SEED = 424242  # held out: never used for training data or the sample catalog
+TRAIN_SEED_OFFSET = 1_000
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", type=Path, required=True, help="output folder for weights + log")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="open_clip model JSON")
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--n-images", type=int, default=24000, help="pre-rendered training images")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (and render workers)")
+    parser.add_argument("--eval-products", type=int, default=2000)
+    parser.add_argument("--eval-every", type=int, default=0, help="steps between evals (0: end only)")
+    return parser
+
+
+# --- data --------------------------------------------------------------------------------
+
+
+def _render_item(args: tuple[world.ProductSpec, int, int]) -> np.ndarray:
+    """Render, JPEG round-trip (as catalog images are stored) and shrink to the model's input."""
+    from PIL import Image
+
+    spec, seed, size = args
+    buf = io.BytesIO()
+    world.render_product(spec, seed).save(buf, format="JPEG", quality=90)
+    buf.seek(0)
+    img = Image.open(buf).convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def render_training_set(n: int, seed: int, size: int, workers: int) -> tuple[list[world.ProductSpec], np.ndarray, list[list[int]]]:
+    """Specs, uint8 images (n, size, size, 3) and groups: singles and colour-swapped twin pairs."""
+    rng = random.Random(seed)
+    specs: list[world.ProductSpec] = []
+    seeds: list[int] = []
+    groups: list[list[int]] = []
+    while len(specs) < n:
+        spec = world.random_spec(rng)
+        group = [len(specs)]
+        specs.append(spec)
+        seeds.append(rng.getrandbits(31))
+        if spec.secondary and rng.random() < 0.35 and len(specs) < n:
+            group.append(len(specs))
+            specs.append(world.ProductSpec(spec.category, spec.secondary, spec.main, spec.pattern))
+            seeds.append(rng.getrandbits(31))
+        groups.append(group)
+    jobs = [(s, sd, size) for s, sd in zip(specs, seeds)]
+    with get_context("fork").Pool(max(1, workers)) as pool:
+        images = pool.map(_render_item, jobs, chunksize=256)
+    return specs, np.stack(images), groups
+
+
+def caption_for(spec: world.ProductSpec, rng: random.Random) -> str:
+    """A training caption: query-like, swap-style or title-like, at random."""
+    form = rng.random()
+    if form < 0.4:
+        return world.plain_query(spec, rng)
+    if form < 0.6 and spec.secondary:
+        return world.swap_query(spec, rng)
+    brand = rng.choice(world.BRANDS) if rng.random() < 0.3 else ""
+    material = rng.choice(world.MATERIALS[spec.category]) if rng.random() < 0.3 else ""
+    return world.describe(spec, rng, brand=brand, material=material)
+
+
+def sample_batch(groups: list[list[int]], batch_size: int, rng: random.Random) -> list[int]:
+    batch: list[int] = []
+    while len(batch) < batch_size:
+        batch.extend(rng.choice(groups))
+    return batch[:batch_size]
+
+
+# --- model -------------------------------------------------------------------------------
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only: not on biases, norms, embeddings or the logit scale."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = (p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name
+                or "embedding" in name or "logit_scale" in name or "class_embedding" in name)
+        (no_decay if skip else decay).append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def lr_at(step: int, *, base: float, warmup: int, total: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * base * (1 + math.cos(math.pi * progress))
+
+
+# --- evaluation --------------------------------------------------------------------------
+
+
+def evaluate_in_memory(model, preprocess, tokenizer, *, n_products: int, seed: int = EVAL_SEED) -> dict:
+    """Metrics on a held-out generated catalog, scoring each product by its best image."""
+    import torch
+
+    from retrieval.evaluation import score_rankings
+
+    products = world.generate_products(n_products, seed)
+    from PIL import Image
+
+    tensors, owners = [], []
+    for i, p in enumerate(products):
+        for view in range(p.n_views):
+            img = world.render_product(p.spec, world._image_seed(seed, i, view))
+            tensors.append(preprocess(_jpeg_roundtrip(img)))
+            owners.append(i)
+    tmp = Path("/tmp") / f"catalens-eval-{seed}"
+    queries = world.build_queries(products, seed=seed, n=300, out=tmp)
+    with torch.inference_mode():
+        img_emb = _encode_images(model, torch.stack(tensors))
+        owner_t = torch.tensor(owners)
+        results: dict[str, dict] = {}
+        for qset in ("plain", "color_swap", "image"):
+            qs = [q for q in queries if q["set"] == qset]
+            if not qs:
+                continue
+            if qset == "image":
+                q_emb = _encode_images(model, torch.stack(
+                    [preprocess(Image.open(tmp / q["image"]).convert("RGB")) for q in qs]))
+            else:
+                q_emb = model.encode_text(tokenizer([q["text"] for q in qs]), normalize=True)
+            sims = q_emb @ img_emb.T
+            prod = torch.full((len(qs), len(products)), -2.0)
+            prod.scatter_reduce_(1, owner_t.expand(len(qs), -1), sims, reduce="amax")
+            top = prod.topk(10, dim=1).indices.tolist()
+            ranked = [[products[j].product_id for j in row] for row in top]
+            results[qset] = score_rankings(ranked, [set(q["relevant"]) for q in qs])
+    shutil.rmtree(tmp, ignore_errors=True)
+    return results
+
+
+def _jpeg_roundtrip(img):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    buf.seek(0)
+    return Image.open(buf).convert("RGB")
+
+
+def _encode_images(model, pixels, batch: int = 256):
+    import torch
+
+    return torch.cat([model.encode_image(pixels[i:i + batch], normalize=True)
+                      for i in range(0, len(pixels), batch)])
+
+
+# --- main --------------------------------------------------------------------------------
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Run the whole recipe and write weights, config, log and metrics into args.out."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(args.out / "train.log", mode="w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    LOG.addHandler(handler)
+    LOG.addHandler(logging.StreamHandler())
+    LOG.setLevel(logging.INFO)
+    LOG.propagate = False
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    rng = random.Random(args.seed)
+
+    name = args.config.stem
+    open_clip.add_model_config(args.config)
+    model = open_clip.create_model(name, output_dict=True)
+    tokenizer = open_clip.get_tokenizer(name)
+    preprocess = open_clip.image_transform(model.visual.image_size, is_train=False)
+    mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    size = model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size
+    LOG.info("model %s: %.2fM parameters; args %s", name,
+             sum(p.numel() for p in model.parameters()) / 1e6, vars(args))
+
+    t0 = time.time()
+    specs, images, groups = render_training_set(args.n_images, args.seed + TRAIN_SEED_OFFSET, size, args.threads)
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2)
+    LOG.info("rendered %d training images in %.0fs", len(specs), time.time() - t0)
+
+    loss_fn = open_clip.ClipLoss()
+    opt = torch.optim.AdamW(param_groups(model, 0.1), lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
+    history: list[dict] = []
+    model.train()
+    t0 = time.time()
+    for step in range(args.steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, base=args.lr, warmup=args.warmup, total=args.steps)
+        idx = sample_batch(groups, args.batch_size, rng)
+        x = (pixels[idx].float() / 255.0 - mean) / std
+        texts = tokenizer([caption_for(specs[i], rng) for i in idx])
+        out = model(x, texts)
+        loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        if step % 25 == 0 or step == args.steps - 1:
+            history.append({"step": step, "loss": round(loss.item(), 4)})
+            LOG.info("step %d/%d loss %.4f lr %.2e scale %.1f %.2fs/step", step, args.steps,
+                     loss.item(), opt.param_groups[0]["lr"], model.logit_scale.exp().item(),
+                     (time.time() - t0) / (step + 1))
+        if args.eval_every and step and step % args.eval_every == 0:
+            model.eval()
+            LOG.info("eval at %d: %s", step, evaluate_in_memory(
+                model, preprocess, tokenizer, n_products=args.eval_products))
+            model.train()
+    train_s = time.time() - t0
+    model.eval()
+    metrics = evaluate_in_memory(model, preprocess, tokenizer, n_products=args.eval_products) \
+        if args.eval_products else {}
+    LOG.info("final metrics: %s", json.dumps(metrics))
+
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(args.out / "model.safetensors"), metadata={"format": "pt", "model": name})
+    shutil.copy(args.config, args.out / f"{name}.json")
+    summary = {"model": name, "steps": args.steps, "batch_size": args.batch_size,
+               "train_seconds": round(train_s, 1), "threads": args.threads, "seed": args.seed,
+               "eval_seed": EVAL_SEED, "eval_products": args.eval_products, "metrics": metrics,
+               "loss_history": history}
+    (args.out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    LOG.removeHandler(handler)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    train(build_parser().parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
