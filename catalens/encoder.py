@@ -67,7 +67,8 @@ def load_clip(spec: ModelSpec, *, device: str = "auto", allow_random: bool = Fal
     try:
         if (bundled / f"{spec.model}.json").is_file():
             name = register_model_dir(bundled) or spec.model
-            model = open_clip.create_model(name, pretrained=str(bundled / WEIGHTS_FILE), device=device)
+            weights = spec.pretrained or str(bundled / WEIGHTS_FILE)
+            model = open_clip.create_model(name, pretrained=weights, device=device)
         elif model_path.is_dir() and (model_path / "open_clip_config.json").is_file():
             name = f"local-dir:{model_path}"
             model = open_clip.create_model(name, device=device)

@@ -1,0 +1,141 @@
+"""Shared fixtures: one real sample catalog, index and model per test session."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CATALENS = str(Path(sys.executable).parent / "catalens")
+SAMPLE_N = 400
+SAMPLE_SEED = 11
+
+
+@dataclass
+class SampleIndex:
+    sample_dir: Path
+    index_dir: Path
+
+    @property
+    def catalog(self) -> Path:
+        return self.sample_dir / "catalog.csv"
+
+    def rows(self) -> list[dict[str, str]]:
+        with open(self.catalog, newline="") as fh:
+            return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_threads() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from catalens.world import write_sample_catalog
+
+    out = tmp_path_factory.mktemp("sample")
+    write_sample_catalog(out, n=SAMPLE_N, seed=SAMPLE_SEED, n_queries=60, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def encoder():  # type: ignore[no-untyped-def]
+    from catalens.encoder import ModelSpec, load_clip
+
+    return load_clip(ModelSpec("catalens-demo"), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def sample_index(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory, encoder) -> SampleIndex:  # type: ignore[no-untyped-def]
+    from catalens.config import Settings
+    from indexer.builder import BuildOptions, build_index
+
+    index_dir = tmp_path_factory.mktemp("index")
+    settings = Settings(index_dir=index_dir, threads=1)
+    build_index(settings, BuildOptions(catalog=sample_dir / "catalog.csv", progress=False), encoder=encoder)
+    return SampleIndex(sample_dir, index_dir)
+
+
+@pytest.fixture(scope="session")
+def searcher(sample_index: SampleIndex, encoder):  # type: ignore[no-untyped-def]
+    from catalens.config import Settings
+    from catalens.db import create_db_engine, create_session_factory
+    from retrieval.searcher import Searcher
+
+    settings = Settings(index_dir=sample_index.index_dir, threads=1)
+    s = Searcher(settings, create_session_factory(create_db_engine(settings.db_url)), encoder)
+    s.reload()
+    return s
+
+
+@pytest.fixture(scope="session")
+def client(sample_index: SampleIndex, searcher) -> Iterator:  # type: ignore[no-untyped-def]
+    from fastapi.testclient import TestClient
+
+    from retrieval.app import create_app
+
+    app = create_app(searcher.settings.model_copy(update={"max_upload_bytes": 2 * 1024 * 1024}),
+                     searcher=searcher)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the installed `catalens` command in a subprocess, as a user would."""
+    full_env = {**os.environ, "CATALENS_THREADS": "1", **(env or {})}
+    return subprocess.run([CATALENS, *args], capture_output=True, text=True, env=full_env, timeout=timeout)
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+
+
+def start_server(index_dir: Path, *, env: dict[str, str] | None = None, log: Path | None = None) -> Server:
+    """`catalens serve` as a real process; returns once /readyz answers 200."""
+    port = free_port()
+    full_env = {**os.environ, "CATALENS_THREADS": "1", **(env or {})}
+    out = open(log, "w") if log else subprocess.DEVNULL
+    proc = subprocess.Popen([CATALENS, "serve", "--host", "127.0.0.1", "--port", str(port),
+                             "--index-dir", str(index_dir)], env=full_env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"catalens serve exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return Server(url, proc)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("catalens serve did not become ready in 120 s")
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()

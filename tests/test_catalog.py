@@ -1,0 +1,82 @@
+"""Catalog reading: three formats, multi-image cells, and errors that name file, row and field."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from catalens.errors import CatalogError
+from indexer.catalog import CatalogRow, RowError, parse_images, read_catalog
+
+ROWS = [
+    {"product_id": "a1", "title": "Red mug", "image": "a.jpg|b.jpg", "price": "9.5", "colour": "red"},
+    {"product_id": "", "title": "No id", "image": "c.jpg", "price": "1"},
+    {"product_id": "a3", "title": "Bad price", "image": "d.jpg", "price": "-3"},
+    {"product_id": "a1", "title": "Duplicate", "image": "e.jpg", "price": "2"},
+    {"product_id": "a5", "title": "", "image": "f.jpg", "price": "2"},
+    {"product_id": "a6", "title": "Lamp", "image": '["g.jpg", "h.jpg", "i.jpg"]', "price": ""},
+]
+
+
+def write(path: Path, rows: list[dict]) -> Path:
+    if path.suffix == ".csv":
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["product_id", "title", "image", "price", "colour"])
+            writer.writeheader()
+            writer.writerows(rows)
+    elif path.suffix == ".jsonl":
+        path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    else:
+        pq.write_table(pa.Table.from_pylist([{**{"colour": None}, **r} for r in rows]), path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_each_format_reads_rows_and_reports_bad_ones(tmp_path: Path, suffix: str) -> None:
+    items = list(read_catalog(write(tmp_path / f"cat{suffix}", ROWS)))
+    good = [i for i in items if isinstance(i, CatalogRow)]
+    bad = [i for i in items if isinstance(i, RowError)]
+    assert [g.product_id for g in good] == ["a1", "a6"]
+    assert good[0].images == ("a.jpg", "b.jpg") and good[0].price == 9.5
+    assert good[0].attributes == {"colour": "red"}
+    assert good[1].images == ("g.jpg", "h.jpg", "i.jpg") and good[1].price is None
+    assert [(b.row, b.field) for b in bad] == [(2, "product_id"), (3, "price"), (4, "product_id"), (5, "title")]
+    assert all(str(tmp_path) in str(b) and f"row {b.row}" in str(b) for b in bad)
+    assert "duplicate" in bad[2].message
+
+
+def test_invalid_json_line_is_a_row_error(tmp_path: Path) -> None:
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"product_id": "x", "title": "ok"}\n{broken\n')
+    items = list(read_catalog(path))
+    assert isinstance(items[0], CatalogRow) and isinstance(items[1], RowError) and items[1].row == 2
+
+
+@pytest.mark.parametrize("content,suffix,match", [
+    ("title\nx\n", ".csv", "product_id"),
+    ("", ".xlsx", "unsupported catalog format"),
+    ("not parquet", ".parquet", "Parquet"),
+])
+def test_unreadable_catalogs_raise_one_clear_error(tmp_path: Path, content: str, suffix: str, match: str) -> None:
+    path = tmp_path / f"c{suffix}"
+    path.write_text(content)
+    with pytest.raises(CatalogError, match=match):
+        list(read_catalog(path))
+
+
+def test_missing_catalog_file(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="not found"):
+        list(read_catalog(tmp_path / "nope.csv"))
+
+
+@pytest.mark.parametrize("cell,expected", [
+    ("a.jpg", ("a.jpg",)), ("a.jpg | b.jpg", ("a.jpg", "b.jpg")), ('["x.png"]', ("x.png",)),
+    (["u", "v"], ("u", "v")), ("", ()), (None, ()),
+])
+def test_image_cells(cell, expected) -> None:  # type: ignore[no-untyped-def]
+    assert parse_images(cell) == expected
