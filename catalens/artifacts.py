@@ -134,10 +134,7 @@ class Manifest:
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
     files: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
-
-    @property
-    def model_id(self) -> str:
-        return f"{self.model}:{self.pretrained}" if self.pretrained else self.model
+    model_id: str = ""  # model + pretrained + weights digest; must match the serving encoder
 
 
 def new_version_id() -> str:

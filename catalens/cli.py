@@ -201,9 +201,9 @@ def _filters(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def cmd_search_text(args: argparse.Namespace, settings: Settings) -> int:
-    from retrieval.schemas import TextSearchIn
-
     from pydantic import ValidationError
+
+    from retrieval.schemas import TextSearchIn
 
     try:
         TextSearchIn(query=args.query, k=args.k)

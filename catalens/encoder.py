@@ -64,16 +64,19 @@ def load_clip(spec: ModelSpec, *, device: str = "auto", allow_random: bool = Fal
     device = resolve_device(device)
     bundled = BUNDLED_DIR / spec.model
     model_path = Path(spec.model)
+    weights: str | None = spec.pretrained if spec.pretrained and Path(spec.pretrained).is_file() else None
     try:
         if (bundled / f"{spec.model}.json").is_file():
             name = register_model_dir(bundled) or spec.model
-            weights = spec.pretrained or str(bundled / WEIGHTS_FILE)
+            weights = weights or str(bundled / WEIGHTS_FILE)
             model = open_clip.create_model(name, pretrained=weights, device=device)
         elif model_path.is_dir() and (model_path / "open_clip_config.json").is_file():
             name = f"local-dir:{model_path}"
             model = open_clip.create_model(name, device=device)
+            weights = next(iter(sorted(model_path.glob("*.safetensors")) + sorted(model_path.glob("*.bin"))), None)
         elif model_path.is_dir() and (name := register_model_dir(model_path)):
-            model = open_clip.create_model(name, pretrained=str(model_path / WEIGHTS_FILE), device=device)
+            weights = str(model_path / WEIGHTS_FILE)
+            model = open_clip.create_model(name, pretrained=weights, device=device)
         else:
             name = spec.model
             if not spec.pretrained and not allow_random:
@@ -92,8 +95,20 @@ def load_clip(spec: ModelSpec, *, device: str = "auto", allow_random: bool = Fal
         mean=getattr(model.visual, "image_mean", None), std=getattr(model.visual, "image_std", None))
     with torch.inference_mode():
         dim = int(model.encode_text(tokenizer(["probe"]).to(device)).shape[-1])
+    model_id = f"{spec.model_id}@{weights_digest(Path(weights))}" if weights else spec.model_id
     return ClipEncoder(spec=spec, model=model, tokenizer=tokenizer, preprocess=preprocess,
-                       device=device, dim=dim)
+                       device=device, dim=dim, model_id=model_id)
+
+
+def weights_digest(path: Path) -> str:
+    """A short content hash, so retrained weights under the same name never reuse old vectors."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]
 
 
 @dataclass
@@ -106,6 +121,7 @@ class ClipEncoder:
     preprocess: Any
     device: str
     dim: int
+    model_id: str = ""  # spec + weights digest: what manifests and the embedding cache key on
 
     @property
     def image_size(self) -> int:

@@ -95,17 +95,18 @@ def build_index(settings: Settings, options: BuildOptions, *, encoder: ClipEncod
         summary = BuildSummary(version_id=version_id, catalog=str(options.catalog))
         checksum = catalog_checksum(options.catalog) if options.catalog.is_file() else ""
         with sessions.begin() as session:
-            session.add(IndexVersion(version_id=version_id, status="building", model=encoder.spec.model_id,
+            session.add(IndexVersion(version_id=version_id, status="building", model=encoder.model_id,
                                      catalog=str(options.catalog), catalog_checksum=checksum))
         try:
             rows, errors = _read_rows(options, summary)
             with sessions.begin() as session:
                 _record_row_errors(session, version_id, errors)
                 summary.deleted = sync_products(session, rows, full=options.full)
-            cache = EmbeddingCache(settings.index_dir / "embeddings", encoder.spec.model_id)
+            cache = EmbeddingCache(settings.index_dir / "embeddings", encoder.model_id)
             _embed_images(settings, sessions, options, encoder, embedder, cache, version_id, summary)
             _embed_texts(sessions, embedder, cache, summary, batch_size=settings.batch_size)
-            manifest = write_version(settings, sessions, cache, encoder.spec, encoder.dim, version_id=version_id,
+            manifest = write_version(settings, sessions, cache, encoder.spec, encoder.dim, encoder.model_id,
+                                     version_id=version_id,
                                      catalog=str(options.catalog), checksum=checksum, factory=options.factory)
             summary.vectors, summary.factory = manifest.count, manifest.factory
             if summary.skipped or summary.images_failed:
@@ -316,7 +317,8 @@ def collect_vectors(sessions, cache: EmbeddingCache, dim: int) -> tuple[np.ndarr
     return np.array(img_ids, np.int64), stack(img_vecs), np.array(text_ids, np.int64), stack(text_vecs)
 
 
-def write_version(settings: Settings, sessions, cache: EmbeddingCache, spec: ModelSpec, dim: int, *,  # type: ignore[no-untyped-def]
+def write_version(settings: Settings, sessions, cache: EmbeddingCache, spec: ModelSpec, dim: int,  # type: ignore[no-untyped-def]
+                  model_id: str, *,
                   version_id: str, catalog: str, checksum: str, factory: str | None) -> artifacts.Manifest:
     """Build both FAISS indexes from the DB + embedding cache into staging, and validate them."""
     img_ids, img_vecs, text_ids, text_vecs = collect_vectors(sessions, cache, dim)
@@ -327,7 +329,7 @@ def write_version(settings: Settings, sessions, cache: EmbeddingCache, spec: Mod
     manifest = artifacts.Manifest(
         version_id=version_id, model=spec.model, pretrained=spec.pretrained, dim=dim,
         count=images.ntotal, text_count=texts.ntotal, factory=factory, catalog=catalog,
-        catalog_checksum=checksum)
+        catalog_checksum=checksum, model_id=model_id)
     staging = artifacts.staging_dir(settings.index_dir, version_id)
     artifacts.write_version_files(staging, manifest=manifest, images=images, texts=texts)
     artifacts.load_version(staging)  # validate what was written: counts, dimension, checksums

@@ -23,15 +23,15 @@ def delete_products(settings: Settings, product_ids: list[str]) -> dict:
                 Product.product_id.in_(product_ids), Product.deleted.is_(False))))
             session.execute(update(Product).where(Product.product_id.in_(live)).values(deleted=True))
         spec = ModelSpec(manifest.model, manifest.pretrained)
-        cache = EmbeddingCache(settings.index_dir / "embeddings", spec.model_id)
+        cache = EmbeddingCache(settings.index_dir / "embeddings", manifest.model_id)
         version_id = artifacts.new_version_id()
-        new = write_version(settings, sessions, cache, spec, manifest.dim, version_id=version_id,
+        new = write_version(settings, sessions, cache, spec, manifest.dim, manifest.model_id, version_id=version_id,
                             catalog=manifest.catalog, checksum=manifest.catalog_checksum,
                             factory=manifest.factory)
         artifacts.promote_staging(settings.index_dir, version_id)
         artifacts.set_active(settings.index_dir, version_id)
         with sessions.begin() as session:  # type: ignore[attr-defined]
-            session.add(IndexVersion(version_id=version_id, status="ready", model=spec.model_id, dim=new.dim,
+            session.add(IndexVersion(version_id=version_id, status="ready", model=manifest.model_id, dim=new.dim,
                                      count=new.count, factory=new.factory, catalog=manifest.catalog,
                                      catalog_checksum=manifest.catalog_checksum,
                                      summary={"deleted": sorted(live)}))

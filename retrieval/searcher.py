@@ -85,10 +85,10 @@ def load_snapshot(settings: Settings, sessions: sessionmaker[Session], encoder: 
     """Load and verify the active version; refuse one built with another model."""
     path = artifacts.active_version_path(settings.index_dir)
     manifest, images, texts = artifacts.load_version(path)
-    if manifest.model_id != encoder.spec.model_id or manifest.dim != encoder.dim:
+    if manifest.model_id != encoder.model_id or manifest.dim != encoder.dim:
         raise IndexArtifactError(
             f"index version {manifest.version_id} was built with model {manifest.model_id!r} "
-            f"(dim {manifest.dim}) but the service loaded {encoder.spec.model_id!r} (dim {encoder.dim}); "
+            f"(dim {manifest.dim}) but the service loaded {encoder.model_id!r} (dim {encoder.dim}); "
             "serve with the same --model/--pretrained or rebuild the index")
     with sessions() as session:
         rows = session.execute(select(ProductImage.id, ProductImage.product_pk, ProductImage.position)).all()

@@ -1,0 +1,106 @@
+"""Index versions on disk: verified before serving, never half-written, bound to their model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from catalens import artifacts
+from catalens.config import Settings
+from catalens.errors import IndexArtifactError
+from tests.conftest import SampleIndex
+
+
+@pytest.fixture()
+def index_copy(sample_index: SampleIndex, tmp_path: Path) -> Path:
+    dst = tmp_path / "idx"
+    shutil.copytree(sample_index.index_dir, dst)
+    return dst
+
+
+def _active(index_dir: Path) -> Path:
+    return artifacts.active_version_path(index_dir)
+
+
+def test_manifest_describes_the_files(sample_index: SampleIndex) -> None:
+    manifest, images, texts = artifacts.load_version(_active(sample_index.index_dir))
+    assert manifest.count == images.ntotal and manifest.text_count == texts.ntotal == len(sample_index.rows())
+    assert manifest.dim == 128 and manifest.catalog_checksum and set(manifest.files) == {"images.faiss", "texts.faiss"}
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_corrupt_index_file_is_refused(index_copy: Path, damage: str) -> None:
+    path = _active(index_copy) / "images.faiss"
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(IndexArtifactError, match="corrupt"):
+        artifacts.load_version(_active(index_copy))
+
+
+def test_version_without_manifest_is_incomplete(index_copy: Path) -> None:
+    (_active(index_copy) / "manifest.json").unlink()
+    with pytest.raises(IndexArtifactError, match="incomplete"):
+        artifacts.load_version(_active(index_copy))
+
+
+def test_service_refuses_an_index_built_with_another_model(index_copy: Path, encoder) -> None:  # type: ignore[no-untyped-def]
+    from catalens.db import create_db_engine, create_session_factory
+    from retrieval.searcher import load_snapshot
+
+    manifest_path = _active(index_copy) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["model"], manifest["pretrained"] = "ViT-B-32", "laion2b_s34b_b79k"
+    manifest["model_id"] = "ViT-B-32:laion2b_s34b_b79k"
+    manifest_path.write_text(json.dumps(manifest))
+    settings = Settings(index_dir=index_copy)
+    sessions = create_session_factory(create_db_engine(settings.db_url))
+    with pytest.raises(IndexArtifactError, match="ViT-B-32"):
+        load_snapshot(settings, sessions, encoder)
+
+
+def test_a_failed_reload_keeps_serving_the_current_version(index_copy: Path, encoder) -> None:  # type: ignore[no-untyped-def]
+    from catalens.db import create_db_engine, create_session_factory
+    from retrieval.searcher import Filters, Searcher
+
+    settings = Settings(index_dir=index_copy)
+    searcher = Searcher(settings, create_session_factory(create_db_engine(settings.db_url)), encoder)
+    version = searcher.reload()
+    (_active(index_copy) / "texts.faiss").write_bytes(b"garbage")
+    with pytest.raises(IndexArtifactError):
+        searcher.reload()
+    assert searcher.current_version == version
+    assert searcher.search_text("red mug", 3, Filters()).hits
+
+
+def test_atomic_pointer_and_rollback(index_copy: Path) -> None:
+    first = artifacts.read_active(index_copy)
+    twin = artifacts.versions_dir(index_copy) / "20990101T000000000000Z"
+    shutil.copytree(artifacts.versions_dir(index_copy) / first, twin)
+    artifacts.set_active(index_copy, twin.name)
+    assert artifacts.read_active(index_copy) == twin.name
+    assert not list(index_copy.glob(".ACTIVE*.tmp"))
+    with pytest.raises(IndexArtifactError):
+        artifacts.set_active(index_copy, "no-such-version")
+    assert artifacts.read_active(index_copy) == twin.name
+
+
+def test_faiss_ids_are_database_keys(sample_index: SampleIndex) -> None:
+    from sqlalchemy import select
+
+    from catalens.db import create_db_engine, create_session_factory
+    from catalens.schema import ProductImage
+
+    _, images, _ = artifacts.load_version(_active(sample_index.index_dir))
+    sessions = create_session_factory(create_db_engine(Settings(index_dir=sample_index.index_dir).db_url))
+    with sessions() as session:
+        db_ids = set(session.scalars(select(ProductImage.id).where(ProductImage.status == "ok")))
+    assert set(images.ids().tolist()) == db_ids
+    assert np.allclose(np.linalg.norm(images.reconstruct(np.array(sorted(db_ids)[:5])), axis=1), 1, atol=1e-4)
