@@ -1,6 +1,7 @@
 """The index format on disk: versioned folders, a manifest written last, an atomic active pointer.
 
 <index-dir>/versions/<id>/{images.faiss, texts.faiss, manifest.json}
+                          [+ rerank_ids.npy, rerank_features.npy: reranker image features, fp16]
 <index-dir>/ACTIVE          JSON {"version_id": ...}, replaced by rename
 <index-dir>/staging/<id>/   builds in progress; never read by the service
 """
@@ -24,6 +25,8 @@ MANIFEST = "manifest.json"
 ACTIVE = "ACTIVE"
 IMAGE_INDEX = "images.faiss"
 TEXT_INDEX = "texts.faiss"
+RERANK_IDS = "rerank_ids.npy"
+RERANK_FEATURES = "rerank_features.npy"
 EXACT_LIMIT = 50_000  # below this many vectors exact search is fast enough and has recall 1.0
 FORMAT_VERSION = 1
 
@@ -135,6 +138,26 @@ class Manifest:
     files: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
     model_id: str = ""  # model + pretrained + weights digest; must match the serving encoder
+    reranker: str | None = None  # id of the reranker whose image features this version stores
+
+
+@dataclass(frozen=True)
+class RerankFeatures:
+    """Stored reranker features of a version: sorted vector ids and a memory-mapped (n, T, D) fp16 array."""
+
+    ids: np.ndarray
+    features: np.ndarray
+
+    def lookup(self, vector_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mask of ids that have features, their features in the given order)."""
+        pos = np.searchsorted(self.ids, vector_ids)
+        pos = np.clip(pos, 0, max(len(self.ids) - 1, 0))
+        found = (self.ids[pos] == vector_ids) if len(self.ids) else np.zeros(len(vector_ids), bool)
+        return found, self.features[pos[found]]
+
+    @property
+    def bytes_per_image(self) -> int:
+        return int(self.features[0].nbytes) if len(self.features) else 0
 
 
 def new_version_id() -> str:
@@ -176,7 +199,8 @@ def versions_dir(index_dir: Path) -> Path:
     return index_dir / "versions"
 
 
-def write_version_files(staging: Path, *, manifest: Manifest, images: FaissIndex, texts: FaissIndex) -> None:
+def write_version_files(staging: Path, *, manifest: Manifest, images: FaissIndex, texts: FaissIndex,
+                        rerank: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """Write index files and, last, the manifest with their checksums; fsync everything."""
     staging.mkdir(parents=True, exist_ok=True)
     for name, index in ((IMAGE_INDEX, images), (TEXT_INDEX, texts)):
@@ -184,6 +208,15 @@ def write_version_files(staging: Path, *, manifest: Manifest, images: FaissIndex
         with open(staging / name, "rb") as fh:
             os.fsync(fh.fileno())
         manifest.files[name] = file_sha256(staging / name)
+    if rerank is not None:
+        ids, features = rerank
+        order = np.argsort(ids)  # sorted ids: lookups by binary search
+        for name, array in ((RERANK_IDS, ids[order]), (RERANK_FEATURES, features[order])):
+            with open(staging / name, "wb") as fh:
+                np.save(fh, array, allow_pickle=False)
+                fh.flush()
+                os.fsync(fh.fileno())
+            manifest.files[name] = file_sha256(staging / name)
     atomic_write_text(staging / MANIFEST, json.dumps(asdict(manifest), indent=2))
 
 
@@ -217,6 +250,20 @@ def verify_version(version_path: Path, *, checksums: bool = True) -> Manifest:
         if checksums and file_sha256(path) != digest:
             raise IndexArtifactError(f"index version {manifest.version_id}: {name} is corrupt (checksum mismatch)")
     return manifest
+
+
+def load_rerank_features(version_path: Path, manifest: Manifest) -> RerankFeatures | None:
+    """The version's stored reranker features, memory-mapped (verified by load_version)."""
+    if RERANK_FEATURES not in manifest.files:
+        return None
+    try:
+        ids = np.load(version_path / RERANK_IDS, allow_pickle=False)
+        features = np.load(version_path / RERANK_FEATURES, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise IndexArtifactError(f"index version {manifest.version_id}: unreadable reranker features: {exc}") from exc
+    if len(ids) != len(features):
+        raise IndexArtifactError(f"index version {manifest.version_id}: reranker ids and features differ in count")
+    return RerankFeatures(ids, features)
 
 
 def load_version(version_path: Path) -> tuple[Manifest, FaissIndex, FaissIndex]:

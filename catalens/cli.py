@@ -45,9 +45,9 @@ def cmd_sample(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
-    from training.train_clip import train
+    from training.train_clip import run
 
-    summary = train(args)
+    summary = run(args)
     emit(args, summary, f"weights, log and metrics written to {args.out}: {json.dumps(summary['metrics'])}")
     return 0
 
@@ -65,7 +65,8 @@ def _build(args: argparse.Namespace, settings: Settings, *, full: bool) -> int:
     text = (f"index version {summary.version_id} is active: read {summary.read} rows, indexed "
             f"{summary.indexed}, skipped {summary.skipped}, deleted {summary.deleted}; images ok "
             f"{summary.images_ok}, failed {summary.images_failed}; embedded {summary.embedded}, "
-            f"from cache {summary.cached}; {summary.vectors} vectors ({summary.factory}) in {summary.seconds}s")
+            f"from cache {summary.cached}; texts embedded {summary.texts_embedded}, from cache "
+            f"{summary.texts_cached}; {summary.vectors} vectors ({summary.factory}) in {summary.seconds}s")
     if summary.errors_hint:
         text += f"\nerrors were recorded; list them with: {summary.errors_hint}"
         for line in summary.error_lines[:5]:
@@ -151,6 +152,19 @@ def cmd_index_errors(args: argparse.Namespace, settings: Settings) -> int:
     lines = [f"{d['source']}" + (f": row {d['row']}" if d["row"] else "") + (f" [{d['product_id']}]" if d["product_id"] else "")
              + (f", field {d['field']}" if d["field"] else "") + f": {d['code']}: {d['message']}" for d in data]
     emit(args, data, "\n".join(lines) or "no ingest errors recorded")
+    return 0
+
+
+def cmd_index_duplicates(args: argparse.Namespace, settings: Settings) -> int:
+    from dataclasses import asdict
+
+    from indexer.maintenance import find_duplicates
+
+    groups = find_duplicates(settings, threshold=args.threshold)
+    lines = [f"{len(g.product_ids):>3} products  {g.match:<14} min score {g.min_score:.4f}  "
+             + " ".join(g.product_ids) for g in groups]
+    emit(args, [asdict(g) for g in groups],
+         "\n".join(lines) or f"no duplicate images at cosine >= {args.threshold}")
     return 0
 
 
@@ -252,7 +266,8 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     from retrieval.evaluation import evaluate_queries
 
-    report = evaluate_queries(_loaded_searcher(settings), args.queries, k=10)
+    report = evaluate_queries(_loaded_searcher(settings), args.queries, k=10, rerank=args.rerank,
+                              progress=not args.json)
     lines = [f"{name:<11} n={m['n']:<4} R@1 {m['recall@1']:.3f}  R@5 {m['recall@5']:.3f}  "
              f"R@10 {m['recall@10']:.3f}  MRR {m['mrr']:.3f}  nDCG@10 {m['ndcg@10']:.3f}"
              for name, m in report.items()]
@@ -309,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from training.train_clip import build_parser as train_parser
 
-    p = sub.add_parser("train-model", help="train the bundled CLIP on the generated world (CPU)")
+    p = sub.add_parser("train-model", help="train the bundled CLIP (or, --kind itm, the reranker) on the generated world (CPU)")
     train_parser(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_train)
@@ -345,6 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=1000)
     _common(p)
     p.set_defaults(handler=cmd_index_errors)
+    p = index.add_parser("duplicates", help="group products whose images are identical or near-identical")
+    p.add_argument("--threshold", type=float, default=0.98,
+                   help="cosine similarity at or above which two images count as near-identical")
+    _common(p)
+    p.set_defaults(handler=cmd_index_duplicates)
 
     db = sub.add_parser("db", help="database schema migrations").add_subparsers(
         dest="db_command", required=True, metavar="ACTION")
@@ -383,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="retrieval quality on labelled queries (queries.jsonl)")
     p.add_argument("--queries", type=Path, required=True)
-    p.add_argument("--rerank", action="store_true", help="also report with the second stage (not yet built)")
+    p.add_argument("--rerank", action="store_true",
+                   help="also report every query set reranked (as '<set>+rerank'), with the configured reranker")
     _common(p, model=True)
     p.set_defaults(handler=cmd_eval)
 

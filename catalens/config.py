@@ -33,6 +33,13 @@ class Settings(BaseSettings):
     thumbnail_px: int = Field(default=192, ge=32, le=1024)
     text_cache_size: int = Field(default=4096, ge=0)
     api_key: str | None = None
+    reranker: str = Field(default="catalens-itm", description="second stage: bundled name, 'blip:<id>', "
+                          "'coca:<model>@<pretrained>' or 'none'")
+    rerank_features: bool = Field(default=True, description="store the reranker's image features at index time")
+    rerank_top_n: int = Field(default=20, ge=1, le=100, description="candidates the reranker reads by default")
+    rerank_budget_ms: float = Field(default=500.0, gt=0, description="past it, the first-stage order is returned")
+    rerank_weight: float = Field(default=0.9, ge=0, le=1,
+                                 description="final score = w * rerank score + (1 - w) * first-stage score")
 
     @field_validator("index_dir")
     @classmethod

@@ -42,6 +42,12 @@ class UnauthorizedError(CatalensError):
     code, http_status = "unauthorized", 401
 
 
+class ForbiddenError(CatalensError):
+    """A wrong API key, or an admin route called while admin routes are off."""
+
+    code, http_status = "forbidden", 403
+
+
 class IndexNotReadyError(CatalensError):
     code, http_status = "index_not_ready", 503
 

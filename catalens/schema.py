@@ -55,6 +55,7 @@ class ProductImage(Base):
     status: Mapped[str] = mapped_column(String(16), default="pending")
     error: Mapped[str | None] = mapped_column(Text)
     thumbnail: Mapped[str | None] = mapped_column(Text)
+    caption: Mapped[str | None] = mapped_column(Text)  # generated at index time (`index build --caption`)
 
     product: Mapped[Product] = relationship(back_populates="images")
 

@@ -316,6 +316,19 @@ def describe(spec: ProductSpec, rng: random.Random, *, brand: str = "", material
     return " ".join(rng.choice(templates).split())
 
 
+def describe_full(spec: ProductSpec, rng: random.Random) -> str:
+    """A caption naming category, both colours in their roles and the pattern (training)."""
+    cat = rng.choice(CATEGORY_SYNONYMS[spec.category])
+    main = rng.choice(COLOUR_SYNONYMS[spec.main])
+    adj = rng.choice(PATTERN_ADJECTIVES[spec.pattern])
+    if spec.secondary is None:
+        return f"{adj} {main} {cat}"
+    second = rng.choice(COLOUR_SYNONYMS[spec.secondary])
+    noun = rng.choice(PATTERN_NOUNS[spec.pattern])
+    return rng.choice([f"{main} {adj} {cat} with {second} {noun}", f"{adj} {cat} in {main} with {second} {noun}",
+                       f"{main} {cat} with {second} {noun}", f"{main} and {second} {adj} {cat}"])
+
+
 def plain_query(spec: ProductSpec, rng: random.Random) -> str:
     """A shopper's attribute query: category + main colour + pattern, paraphrased."""
     cat = rng.choice(CATEGORY_SYNONYMS[spec.category])

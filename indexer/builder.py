@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, selectinload
 
 from catalens import artifacts
@@ -18,8 +18,9 @@ from catalens.config import Settings
 from catalens.db import check_integrity, create_db_engine, create_session_factory, upgrade_database
 from catalens.encoder import ClipEncoder, ModelSpec, load_clip
 from catalens.errors import CatalensError, CatalogError
+from catalens.reranker import CaptionUnsupportedError, Reranker, load_reranker
 from catalens.schema import IndexVersion, IngestError, Product, ProductImage, utcnow
-from indexer.catalog import CatalogRow, RowError, catalog_checksum, read_catalog
+from indexer.catalog import CatalogRow, RowError, catalog_checksum, check_catalog_path, read_catalog
 from indexer.embedder import Embedder
 from indexer.embedding_cache import EmbeddingCache
 from indexer.lock import builder_lock
@@ -29,6 +30,11 @@ LOG = logging.getLogger(__name__)
 # Text-only fallback vectors (products whose every image failed) share the image index
 # under ids offset by this base, so they can never collide with image row ids.
 TEXT_ID_BASE = 1 << 40
+# An incremental batch smaller than this is never refused for its image failure ratio: one
+# upserted product with a broken image is published text-only and its error reported.
+MIN_IMAGES_FOR_RATIO = 10
+# Merge the embedding cache's shards once a build leaves more than this many.
+COMPACT_SHARDS = 64
 
 
 class PublishRefusedError(CatalensError):
@@ -47,8 +53,10 @@ class BuildSummary:
     deleted: int = 0
     images_ok: int = 0
     images_failed: int = 0
-    embedded: int = 0
-    cached: int = 0
+    embedded: int = 0  # images run through the model
+    cached: int = 0  # images whose vector came from the embedding cache (no model time)
+    texts_embedded: int = 0  # distinct product texts run through the model
+    texts_cached: int = 0  # product texts whose vector came from the cache
     vectors: int = 0
     factory: str = ""
     seconds: float = 0.0
@@ -70,6 +78,7 @@ class BuildOptions:
     full: bool = True  # a full build: products absent from the catalog are deleted
     progress: bool = True
     keep: int = 3
+    caption: bool = False  # store a generated caption per image (needs a reranker that can caption)
 
 
 def open_database(settings: Settings) -> tuple[object, object]:
@@ -80,55 +89,136 @@ def open_database(settings: Settings) -> tuple[object, object]:
     return engine, create_session_factory(engine)
 
 
+def fail_stale_builds(sessions) -> list[str]:  # type: ignore[no-untyped-def]
+    """Mark versions still 'building' as failed; call only while holding the builder lock.
+
+    Whoever holds the lock is the only live builder, so any other 'building' row belongs
+    to a builder that died (SIGKILL, OOM, power loss) before it could record its end.
+    """
+    with sessions.begin() as session:
+        stale = list(session.scalars(select(IndexVersion.version_id).where(IndexVersion.status == "building")))
+        if stale:
+            session.execute(update(IndexVersion).where(IndexVersion.version_id.in_(stale)).values(
+                status="failed", summary={"error": "the builder died before finishing (found by a later build)"}))
+    if stale:
+        LOG.warning("marked %d interrupted build(s) as failed: %s", len(stale), ", ".join(stale))
+    return stale
+
+
 def build_index(settings: Settings, options: BuildOptions, *, encoder: ClipEncoder | None = None,
                 embedder: Embedder | None = None) -> BuildSummary:
-    """Build a new index version from a catalog and make it active; safe to kill and rerun."""
+    """Build a new index version from a catalog and make it active; safe to kill and rerun.
+
+    A full build syncs the whole catalog (products absent from it are deleted); an
+    incremental one (options.full=False) upserts its rows and reads only their images.
+    Either way only images and texts missing from the embedding cache reach the model.
+    """
     start = time.monotonic()
+    check_catalog_path(options.catalog)
     settings.index_dir.mkdir(parents=True, exist_ok=True)
     with builder_lock(settings.index_dir):
         artifacts.clean_staging(settings.index_dir)
-        _, sessions = open_database(settings)
-        encoder = encoder or load_clip(ModelSpec(settings.model, settings.pretrained), device=settings.device)
-        embedder = embedder or Embedder(encoder)
-        _set_threads(settings)
-        version_id = artifacts.new_version_id()
-        summary = BuildSummary(version_id=version_id, catalog=str(options.catalog))
-        checksum = catalog_checksum(options.catalog) if options.catalog.is_file() else ""
-        with sessions.begin() as session:
-            session.add(IndexVersion(version_id=version_id, status="building", model=encoder.model_id,
-                                     catalog=str(options.catalog), catalog_checksum=checksum))
+        engine, sessions = open_database(settings)
         try:
-            rows, errors = _read_rows(options, summary)
-            with sessions.begin() as session:
-                _record_row_errors(session, version_id, errors)
-                summary.deleted = sync_products(session, rows, full=options.full)
-            cache = EmbeddingCache(settings.index_dir / "embeddings", encoder.model_id)
-            _embed_images(settings, sessions, options, encoder, embedder, cache, version_id, summary)
-            _embed_texts(sessions, embedder, cache, summary, batch_size=settings.batch_size)
-            manifest = write_version(settings, sessions, cache, encoder.spec, encoder.dim, encoder.model_id,
-                                     version_id=version_id,
-                                     catalog=str(options.catalog), checksum=checksum, factory=options.factory)
-            summary.vectors, summary.factory = manifest.count, manifest.factory
-            if summary.skipped or summary.images_failed:
-                summary.errors_hint = f"catalens index errors --index-dir {settings.index_dir} --version {version_id}"
-            _refuse_bad_build(settings, summary)
-            artifacts.promote_staging(settings.index_dir, version_id)
-            artifacts.set_active(settings.index_dir, version_id)
-            artifacts.prune_versions(settings.index_dir, options.keep)
-        except BaseException as exc:
-            with sessions.begin() as session:
-                version = session.get(IndexVersion, version_id)
-                if version is not None:
-                    version.status = "failed"
-                    version.summary = {"error": str(exc)[:2000]}
-            artifacts.clean_staging(settings.index_dir)
-            raise
-        summary.seconds = round(time.monotonic() - start, 2)
+            return _build_locked(settings, options, sessions, encoder=encoder, embedder=embedder, start=start)
+        finally:
+            engine.dispose()  # type: ignore[attr-defined]
+
+
+def _build_locked(settings: Settings, options: BuildOptions, sessions, *,  # type: ignore[no-untyped-def]
+                  encoder: ClipEncoder | None, embedder: Embedder | None, start: float) -> BuildSummary:
+    fail_stale_builds(sessions)
+    encoder = encoder or load_clip(ModelSpec(settings.model, settings.pretrained), device=settings.device)
+    embedder = embedder or Embedder(encoder)
+    if embedder.reranker is None and (settings.rerank_features or options.caption):
+        embedder.reranker = load_reranker(settings.reranker, clip=encoder, device=encoder.device)
+    if options.caption and not (embedder.reranker and embedder.reranker.can_caption):
+        raise CaptionUnsupportedError(
+            f"--caption needs a reranker that can write captions (CATALENS_RERANKER=coca:...); "
+            f"{settings.reranker!r} cannot")
+    _set_threads(settings)
+    version_id = artifacts.new_version_id()
+    summary = BuildSummary(version_id=version_id, catalog=str(options.catalog))
+    checksum = catalog_checksum(options.catalog) if options.catalog.is_file() else ""
+    with sessions.begin() as session:
+        session.add(IndexVersion(version_id=version_id, status="building", model=encoder.model_id,
+                                 catalog=str(options.catalog), catalog_checksum=checksum))
+    try:
+        rows, errors = _read_rows(options, summary)
+        with sessions.begin() as session:
+            _record_row_errors(session, version_id, errors)
+            summary.deleted = sync_products(session, rows, full=options.full)
+        cache = EmbeddingCache(settings.index_dir / "embeddings", encoder.model_id)
+        _remove_partial_shards(cache)
+        features = feature_cache(settings, embedder.reranker) if settings.rerank_features else None
+        if features is not None:
+            _remove_partial_shards(features)
+        scope = None if options.full else {r.product_id for r in rows}
+        _embed_images(settings, sessions, options, encoder, embedder, Caches(cache, features), version_id, summary,
+                      scope=scope)
+        _embed_texts(sessions, embedder, cache, summary, batch_size=settings.batch_size, scope=scope)
+        # The manifest names the catalog a later `rebuild` without --catalog re-reads: an
+        # incremental batch is not a whole catalog, so it keeps the one it was applied to.
+        base_catalog, base_checksum = (str(options.catalog.resolve()), checksum) if options.full \
+            else _base_catalog(settings, str(options.catalog.resolve()), checksum)
+        manifest = write_version(settings, sessions, cache, encoder.spec, encoder.dim, encoder.model_id,
+                                 version_id=version_id, features=features,
+                                 catalog=base_catalog, checksum=base_checksum, factory=options.factory)
+        summary.vectors, summary.factory = manifest.count, manifest.factory
+        if summary.skipped or summary.images_failed:
+            summary.errors_hint = f"catalens index errors --index-dir {settings.index_dir} --version {version_id}"
+        _refuse_bad_build(settings, summary, full=options.full)
+        artifacts.promote_staging(settings.index_dir, version_id)
+        artifacts.set_active(settings.index_dir, version_id)
+        artifacts.prune_versions(settings.index_dir, options.keep)
+    except BaseException as exc:
         with sessions.begin() as session:
             version = session.get(IndexVersion, version_id)
-            version.status, version.dim, version.count = "ready", manifest.dim, manifest.count
-            version.factory, version.summary = manifest.factory, summary.as_dict()
-        return summary
+            if version is not None:
+                version.status = "failed"
+                version.summary = {"error": str(exc)[:2000]}
+        artifacts.clean_staging(settings.index_dir)
+        raise
+    summary.seconds = round(time.monotonic() - start, 2)
+    with sessions.begin() as session:
+        version = session.get(IndexVersion, version_id)
+        version.status, version.dim, version.count = "ready", manifest.dim, manifest.count
+        version.factory, version.summary = manifest.factory, summary.as_dict()
+    if len(list(cache.dir.glob("shard-*.npz"))) > COMPACT_SHARDS:
+        cache.compact()
+    return summary
+
+
+@dataclass
+class Caches:
+    """The CLIP vector cache and, when stored, the reranker's feature cache."""
+
+    vectors: EmbeddingCache
+    features: EmbeddingCache | None = None
+
+    def has(self, digest: str) -> bool:
+        return f"img:{digest}" in self.vectors and (self.features is None or f"rr:{digest}" in self.features)
+
+
+def feature_cache(settings: Settings, reranker: Reranker | None) -> EmbeddingCache | None:
+    """Reranker image features, cached like vectors (fp16) under the reranker's own id."""
+    if reranker is None:
+        return None
+    return EmbeddingCache(settings.index_dir / "features", reranker.reranker_id, dtype=np.float16)
+
+
+def _remove_partial_shards(cache: EmbeddingCache) -> None:
+    """Temp files of shards a killed builder never finished (complete shards are kept)."""
+    for tmp in cache.dir.glob(".shard-*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def _base_catalog(settings: Settings, catalog: str, checksum: str) -> tuple[str, str]:
+    try:
+        active = artifacts.read_manifest(artifacts.active_version_path(settings.index_dir))
+    except CatalensError:
+        return catalog, checksum
+    return active.catalog, active.catalog_checksum
 
 
 def _set_threads(settings: Settings) -> None:
@@ -210,12 +300,23 @@ def _sync_images(product: Product, sources: tuple[str, ...]) -> None:
             product.images.remove(img)
 
 
-def _image_jobs(sessions, product_ids: set[str] | None = None) -> list[ImageJob]:  # type: ignore[no-untyped-def]
+def _image_jobs(sessions, caches: Caches | None = None,  # type: ignore[no-untyped-def]
+                product_ids: set[str] | None = None, *, caption: bool = False) -> list[ImageJob]:
+    """Images a build must read: all live ones, or (incremental) those of the given products
+    plus any another build left unfinished (pending, or ok but missing from the caches)."""
     with sessions() as session:
-        query = select(ProductImage.id, ProductImage.source).join(Product).where(Product.deleted.is_(False))
-        if product_ids is not None:
-            query = query.where(Product.product_id.in_(product_ids))
-        return [ImageJob(i, s) for i, s in session.execute(query.order_by(ProductImage.id))]
+        rows = session.execute(
+            select(ProductImage.id, ProductImage.source, ProductImage.status, ProductImage.content_hash,
+                   ProductImage.caption, Product.product_id).join(Product).where(Product.deleted.is_(False))
+            .order_by(ProductImage.id)).all()
+    jobs = []
+    for image_id, source, status, digest, text, product_id in rows:
+        needs_caption = caption and text is None
+        unfinished = status == "pending" or (status == "ok" and (
+            needs_caption or (caches is not None and not caches.has(digest))))
+        if product_ids is None or product_id in product_ids or unfinished:
+            jobs.append(ImageJob(image_id, source, needs_caption=needs_caption))
+    return jobs
 
 
 def _batches(items: list[ImageJob], size: int) -> Iterator[list[ImageJob]]:
@@ -224,13 +325,17 @@ def _batches(items: list[ImageJob], size: int) -> Iterator[list[ImageJob]]:
 
 
 def _embed_images(settings: Settings, sessions, options: BuildOptions, encoder: ClipEncoder,  # type: ignore[no-untyped-def]
-                  embedder: Embedder, cache: EmbeddingCache, version_id: str, summary: BuildSummary) -> None:
+                  embedder: Embedder, caches: Caches, version_id: str, summary: BuildSummary, *,
+                  scope: set[str] | None = None) -> None:
     """Read + decode in worker threads one batch ahead of the model; write each batch as a shard."""
     from tqdm import tqdm
 
-    jobs = _image_jobs(sessions)
+    jobs = _image_jobs(sessions, caches, scope, caption=options.caption)
+    reranker = embedder.reranker
+    shares_pixels = reranker is None or getattr(reranker, "clip", None) is encoder
     reader = ImageReader(settings, images_root=options.images_root, preprocess=encoder.preprocess,
-                         image_size=encoder.image_size, is_cached=lambda h: f"img:{h}" in cache)
+                         image_size=encoder.image_size, is_cached=caches.has,
+                         rerank_preprocess=None if shares_pixels else reranker.preprocess)
     bar = tqdm(total=len(jobs), desc="embedding images", unit="img", disable=not options.progress)
     with ThreadPoolExecutor(settings.decode_workers) as pool:
         batches = list(_batches(jobs, settings.batch_size))
@@ -239,56 +344,77 @@ def _embed_images(settings: Settings, sessions, options: BuildOptions, encoder: 
             loaded = list(pending)
             if i + 1 < len(batches):
                 pending = pool.map(reader, batches[i + 1])  # decode the next batch during inference
-            _embed_loaded(loaded, embedder, cache, summary)
-            _record_images(sessions, loaded, version_id)
+            _embed_loaded(loaded, embedder, caches, summary)
+            _record_images(sessions, loaded, version_id, summary)
             bar.update(len(loaded))
     bar.close()
 
 
-def _embed_loaded(loaded: list[LoadedImage], embedder: Embedder, cache: EmbeddingCache,
+def _embed_loaded(loaded: list[LoadedImage], embedder: Embedder, caches: Caches,
                   summary: BuildSummary) -> None:
-    todo = [item for item in loaded if item.pixels is not None]
+    """Run only what is missing through the models: CLIP vectors, reranker features, captions."""
+    decoded = [item for item in loaded if item.pixels is not None]
     for item in loaded:
         if item.error:
             summary.images_failed += 1
         else:
             summary.images_ok += 1
-    summary.cached += sum(1 for item in loaded if not item.error and item.pixels is None)
+    todo = [item for item in decoded if f"img:{item.content_hash}" not in caches.vectors]
+    summary.cached += sum(1 for item in loaded if not item.error) - len(todo)
     if todo:
         vectors = embedder.embed_pixels([item.pixels for item in todo])
-        cache.put_many([f"img:{item.content_hash}" for item in todo], vectors)
+        caches.vectors.put_many([f"img:{item.content_hash}" for item in todo], vectors)
         summary.embedded += len(todo)
-        for item in todo:
-            item.pixels = None
+    if caches.features is not None:
+        feats = [item for item in decoded if f"rr:{item.content_hash}" not in caches.features]
+        if feats:
+            pixels = [item.rerank_pixels if item.rerank_pixels is not None else item.pixels for item in feats]
+            caches.features.put_many([f"rr:{item.content_hash}" for item in feats], embedder.rerank_features(pixels))
+    captions = [item for item in decoded if item.needs_caption]
+    if captions:
+        pixels = [item.rerank_pixels if item.rerank_pixels is not None else item.pixels for item in captions]
+        for item, text in zip(captions, embedder.captions(pixels)):
+            item.caption = text
+    for item in decoded:
+        item.pixels = item.rerank_pixels = None
 
 
-def _record_images(sessions, loaded: list[LoadedImage], version_id: str) -> None:  # type: ignore[no-untyped-def]
+def _record_images(sessions, loaded: list[LoadedImage], version_id: str,  # type: ignore[no-untyped-def]
+                   summary: BuildSummary) -> None:
     with sessions.begin() as session:
         for item in loaded:
             img = session.get(ProductImage, item.image_id)
             if img is None:
                 continue
             img.content_hash, img.thumbnail = item.content_hash, item.thumbnail
+            if item.caption is not None:
+                img.caption = item.caption
             img.status, img.error = ("error", f"{item.error_code}: {item.error}") if item.error else ("ok", None)
             if item.error:
                 session.add(IngestError(version_id=version_id, source_file=img.source, row=None,
                                         product_id=img.product.product_id, field="image",
                                         code=item.error_code or "image_error", message=item.error))
+                summary.error_lines.append(f"{img.source} [{img.product.product_id}]: "
+                                           f"{item.error_code or 'image_error'}: {item.error}")
 
 
 def _embed_texts(sessions, embedder: Embedder, cache: EmbeddingCache, summary: BuildSummary,  # type: ignore[no-untyped-def]
-                 *, batch_size: int) -> None:
+                 *, batch_size: int, scope: set[str] | None = None) -> None:
+    """Embed every live product text missing from the cache; count cache hits within scope."""
     with sessions() as session:
-        products = session.execute(select(Product.text_hash, Product.title, Product.description)
-                                   .where(Product.deleted.is_(False))).all()
+        products = session.execute(select(Product.product_id, Product.text_hash, Product.title, Product.description)
+                                   .where(Product.deleted.is_(False)).order_by(Product.id)).all()
     todo: dict[str, str] = {}
-    for text_hash, title, description in products:
+    for product_id, text_hash, title, description in products:
         if f"txt:{text_hash}" not in cache:
             todo[text_hash] = f"{title}. {description}".strip(". ") if description else title
+        elif scope is None or product_id in scope:
+            summary.texts_cached += 1
     keys = list(todo)
     for i in range(0, len(keys), batch_size):
         chunk = keys[i:i + batch_size]
         cache.put_many([f"txt:{k}" for k in chunk], embedder.embed_texts([todo[k] for k in chunk]))
+        summary.texts_embedded += len(chunk)
 
 
 def collect_vectors(sessions, cache: EmbeddingCache, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
@@ -318,22 +444,45 @@ def collect_vectors(sessions, cache: EmbeddingCache, dim: int) -> tuple[np.ndarr
 
 
 def write_version(settings: Settings, sessions, cache: EmbeddingCache, spec: ModelSpec, dim: int,  # type: ignore[no-untyped-def]
-                  model_id: str, *,
-                  version_id: str, catalog: str, checksum: str, factory: str | None) -> artifacts.Manifest:
-    """Build both FAISS indexes from the DB + embedding cache into staging, and validate them."""
+                  model_id: str, *, version_id: str, catalog: str, checksum: str, factory: str | None,
+                  features: EmbeddingCache | None = None) -> artifacts.Manifest:
+    """Build both FAISS indexes (and the reranker feature file) from the DB + caches into staging, validated."""
     img_ids, img_vecs, text_ids, text_vecs = collect_vectors(sessions, cache, dim)
     factory = factory or artifacts.default_factory(len(img_ids))
     images = artifacts.FaissIndex.build(img_vecs, img_ids, factory=factory)
     texts = artifacts.FaissIndex.build(text_vecs, text_ids, factory="Flat")
     _smoke_query(images, img_vecs, img_ids)
+    rerank = collect_features(sessions, features) if features is not None else None
     manifest = artifacts.Manifest(
         version_id=version_id, model=spec.model, pretrained=spec.pretrained, dim=dim,
         count=images.ntotal, text_count=texts.ntotal, factory=factory, catalog=catalog,
-        catalog_checksum=checksum, model_id=model_id)
+        catalog_checksum=checksum, model_id=model_id,
+        reranker=_feature_owner(features) if rerank is not None else None)
     staging = artifacts.staging_dir(settings.index_dir, version_id)
-    artifacts.write_version_files(staging, manifest=manifest, images=images, texts=texts)
+    artifacts.write_version_files(staging, manifest=manifest, images=images, texts=texts, rerank=rerank)
     artifacts.load_version(staging)  # validate what was written: counts, dimension, checksums
     return manifest
+
+
+def collect_features(sessions, features: EmbeddingCache) -> tuple[np.ndarray, np.ndarray] | None:  # type: ignore[no-untyped-def]
+    """(image vector ids, (n, T, D) fp16 features) of every live image with stored features."""
+    with sessions() as session:
+        images = session.execute(
+            select(ProductImage.id, ProductImage.content_hash).join(Product)
+            .where(Product.deleted.is_(False), ProductImage.status == "ok").order_by(ProductImage.id)).all()
+    ids, feats = [], []
+    for image_id, digest in images:
+        feat = features.get(f"rr:{digest}")
+        if feat is not None:
+            ids.append(image_id)
+            feats.append(feat)
+    if not feats:
+        return None
+    return np.array(ids, np.int64), np.stack(feats).astype(np.float16)
+
+
+def _feature_owner(features: EmbeddingCache | None) -> str | None:
+    return (features.dir / "MODEL").read_text() if features is not None else None
 
 
 def _smoke_query(index: artifacts.FaissIndex, vectors: np.ndarray, ids: np.ndarray) -> None:
@@ -346,8 +495,10 @@ def _smoke_query(index: artifacts.FaissIndex, vectors: np.ndarray, ids: np.ndarr
         raise PublishRefusedError("smoke query failed: a vector did not find itself in the new index")
 
 
-def _refuse_bad_build(settings: Settings, summary: BuildSummary) -> None:
+def _refuse_bad_build(settings: Settings, summary: BuildSummary, *, full: bool = True) -> None:
     total = summary.images_ok + summary.images_failed
+    if not full and total < MIN_IMAGES_FOR_RATIO:
+        return
     if total and summary.images_failed / total > settings.max_error_ratio:
         raise PublishRefusedError(
             f"{summary.images_failed} of {total} images failed (over the {settings.max_error_ratio:.0%} "

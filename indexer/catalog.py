@@ -65,13 +65,19 @@ def catalog_checksum(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_catalog(path: Path) -> Iterator[CatalogRow | RowError]:
-    """Yield a CatalogRow or a RowError per record; rows are numbered from 1 (header excluded)."""
+def check_catalog_path(path: Path) -> str:
+    """The catalog's format, or a CatalogError naming the file (checked before any model loads)."""
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise CatalogError(f"{path}: unsupported catalog format {path.suffix!r} (use .csv, .jsonl or .parquet)")
     if not path.is_file():
         raise CatalogError(f"{path}: catalog file not found")
+    return fmt
+
+
+def read_catalog(path: Path) -> Iterator[CatalogRow | RowError]:
+    """Yield a CatalogRow or a RowError per record; rows are numbered from 1 (header excluded)."""
+    fmt = check_catalog_path(path)
     records = {"csv": _csv_records, "jsonl": _jsonl_records, "parquet": _parquet_records}[fmt](path)
     seen: set[str] = set()
     for row, record in records:

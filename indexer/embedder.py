@@ -15,6 +15,7 @@ class Embedder:
     """Wraps the encoder for the pipeline; `calls`/`items` let tests prove what was re-embedded."""
 
     encoder: ClipEncoder
+    reranker: Any = None  # a catalens.reranker.Reranker when its image features are stored
     calls: int = 0
     items: int = 0
     _stats: dict[str, int] = field(default_factory=dict)
@@ -30,3 +31,16 @@ class Embedder:
         self.calls += 1
         self.items += len(texts)
         return self.encoder.encode_texts(texts)
+
+    def rerank_features(self, pixels: list[Any]) -> np.ndarray:
+        """The reranker's stored image features (fp16), from its own preprocessed pixels."""
+        import torch
+
+        self.calls += 1
+        return self.reranker.image_features(torch.stack(pixels))
+
+    def captions(self, pixels: list[Any]) -> list[str]:
+        import torch
+
+        self.calls += 1
+        return self.reranker.caption(torch.stack(pixels))

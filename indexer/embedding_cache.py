@@ -16,9 +16,10 @@ import numpy as np
 
 
 class EmbeddingCache:
-    """Maps keys like `img:<sha256>` / `txt:<sha256>` to float32 vectors for one model."""
+    """Maps keys like `img:<sha256>` / `txt:<sha256>` to arrays (float32 vectors by default) for one model."""
 
-    def __init__(self, root: Path, model_id: str) -> None:
+    def __init__(self, root: Path, model_id: str, *, dtype: type = np.float32) -> None:
+        self.dtype = dtype
         self.dir = root / hashlib.sha256(model_id.encode()).hexdigest()[:16]
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "MODEL").write_text(model_id)
@@ -44,12 +45,12 @@ class EmbeddingCache:
         name = f"shard-{uuid.uuid4().hex}.npz"
         tmp = self.dir / f".{name}.tmp"
         with open(tmp, "wb") as fh:
-            np.savez(fh, keys=np.array(keys), vectors=np.asarray(vectors, dtype=np.float32))
+            np.savez(fh, keys=np.array(keys), vectors=np.asarray(vectors, dtype=self.dtype))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.dir / name)
         for key, vec in zip(keys, vectors):
-            self._vectors[key] = np.asarray(vec, dtype=np.float32)
+            self._vectors[key] = np.asarray(vec, dtype=self.dtype)
 
     def compact(self) -> None:
         """Merge all shards into one (fewer files to open on the next start)."""

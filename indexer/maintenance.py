@@ -1,38 +1,247 @@
-"""Index changes that need no model: deleting products and republishing from the embedding cache."""
+"""Index changes outside a catalog build: deleting products, upserting records, finding duplicates."""
 
 from __future__ import annotations
 
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 from sqlalchemy import select, update
 
 from catalens import artifacts
 from catalens.config import Settings
-from catalens.encoder import ModelSpec
-from catalens.schema import IndexVersion, Product
-from indexer.builder import open_database, write_version
+from catalens.encoder import ClipEncoder, ModelSpec
+from catalens.errors import InvalidInputError
+from catalens.schema import IndexVersion, Product, ProductImage
+from indexer.builder import BuildOptions, BuildSummary, build_index, fail_stale_builds, open_database, write_version
+from indexer.catalog import CatalogRow, RowError, parse_record
 from indexer.embedding_cache import EmbeddingCache
 from indexer.lock import builder_lock
 
+MAX_UPSERT_RECORDS = 1000
 
-def delete_products(settings: Settings, product_ids: list[str]) -> dict:
-    """Mark products deleted (one transaction) and publish a version without them."""
+
+def delete_products(settings: Settings, product_ids: list[str], *, keep: int = 3) -> dict:
+    """Mark products deleted (one transaction) and publish a version without them.
+
+    The DB flag hides them from every query at once (the query path drops deleted ids);
+    the new version then drops their vectors. Nothing to delete -> no new version.
+    """
     with builder_lock(settings.index_dir):
         manifest = artifacts.read_manifest(artifacts.active_version_path(settings.index_dir))
-        _, sessions = open_database(settings)
-        with sessions.begin() as session:  # type: ignore[attr-defined]
-            live = set(session.scalars(select(Product.product_id).where(
-                Product.product_id.in_(product_ids), Product.deleted.is_(False))))
-            session.execute(update(Product).where(Product.product_id.in_(live)).values(deleted=True))
-        spec = ModelSpec(manifest.model, manifest.pretrained)
-        cache = EmbeddingCache(settings.index_dir / "embeddings", manifest.model_id)
-        version_id = artifacts.new_version_id()
+        artifacts.clean_staging(settings.index_dir)
+        engine, sessions = open_database(settings)
+        try:
+            fail_stale_builds(sessions)
+            with sessions.begin() as session:  # type: ignore[attr-defined]
+                live = set(session.scalars(select(Product.product_id).where(
+                    Product.product_id.in_(product_ids), Product.deleted.is_(False))))
+                session.execute(update(Product).where(Product.product_id.in_(live)).values(deleted=True))
+            result = {"deleted": len(live), "missing": len(set(product_ids) - live),
+                      "version_id": manifest.version_id}
+            if live:
+                result["version_id"] = _republish(settings, sessions, manifest, summary={"deleted": sorted(live)},
+                                                  keep=keep)
+            return result
+        finally:
+            engine.dispose()  # type: ignore[attr-defined]
+
+
+def _republish(settings: Settings, sessions, manifest: artifacts.Manifest, *,  # type: ignore[no-untyped-def]
+               summary: dict, keep: int) -> str:
+    """A new version from the DB + embedding cache alone (no model), recorded like a build."""
+    spec = ModelSpec(manifest.model, manifest.pretrained)
+    cache = EmbeddingCache(settings.index_dir / "embeddings", manifest.model_id)
+    version_id = artifacts.new_version_id()
+    with sessions.begin() as session:
+        session.add(IndexVersion(version_id=version_id, status="building", model=manifest.model_id,
+                                 catalog=manifest.catalog, catalog_checksum=manifest.catalog_checksum))
+    try:
         new = write_version(settings, sessions, cache, spec, manifest.dim, manifest.model_id, version_id=version_id,
-                            catalog=manifest.catalog, checksum=manifest.catalog_checksum,
-                            factory=manifest.factory)
+                            catalog=manifest.catalog, checksum=manifest.catalog_checksum, factory=manifest.factory)
         artifacts.promote_staging(settings.index_dir, version_id)
         artifacts.set_active(settings.index_dir, version_id)
-        with sessions.begin() as session:  # type: ignore[attr-defined]
-            session.add(IndexVersion(version_id=version_id, status="ready", model=manifest.model_id, dim=new.dim,
-                                     count=new.count, factory=new.factory, catalog=manifest.catalog,
-                                     catalog_checksum=manifest.catalog_checksum,
-                                     summary={"deleted": sorted(live)}))
-        return {"deleted": len(live), "missing": len(set(product_ids) - live), "version_id": version_id}
+        artifacts.prune_versions(settings.index_dir, keep)
+    except BaseException as exc:
+        with sessions.begin() as session:
+            session.execute(update(IndexVersion).where(IndexVersion.version_id == version_id)
+                            .values(status="failed", summary={"error": str(exc)[:2000]}))
+        artifacts.clean_staging(settings.index_dir)
+        raise
+    with sessions.begin() as session:
+        session.execute(update(IndexVersion).where(IndexVersion.version_id == version_id).values(
+            status="ready", dim=new.dim, count=new.count, factory=new.factory, summary=summary))
+    return version_id
+
+
+# --- upsert records (the admin API) -------------------------------------------------------
+
+
+def validate_records(records: list[dict[str, Any]]) -> list[CatalogRow]:
+    """Catalog-format records -> rows; any bad record rejects the whole batch (422)."""
+    if not records:
+        raise InvalidInputError("no products given")
+    if len(records) > MAX_UPSERT_RECORDS:
+        raise InvalidInputError(f"{len(records)} products in one request; at most {MAX_UPSERT_RECORDS}")
+    rows: list[CatalogRow] = []
+    problems: list[str] = []
+    seen: set[str] = set()
+    for i, record in enumerate(records, start=1):
+        result = parse_record(record, row=i, source="request")
+        if isinstance(result, RowError):
+            problems.append(f"products[{i - 1}]" + (f" field {result.field!r}" if result.field else "")
+                            + f": {result.message}")
+            continue
+        if result.product_id in seen:
+            problems.append(f"products[{i - 1}]: duplicate product_id {result.product_id!r}")
+        seen.add(result.product_id)
+        for source in result.images:
+            if not source.startswith(("http://", "https://")) and not Path(source).is_absolute():
+                problems.append(f"products[{i - 1}] field 'image': {source!r} must be an http(s) URL "
+                                "or an absolute path on the server")
+        rows.append(result)
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise InvalidInputError("; ".join(problems[:5]) + more)
+    return rows
+
+
+def upsert_records(settings: Settings, records: list[dict[str, Any]], *, encoder: ClipEncoder | None = None,
+                   keep: int = 3) -> BuildSummary:
+    """Add or update products given as catalog records; publishes a new version.
+
+    The records go through the same incremental build as `catalens index upsert`, so only
+    new or changed images and texts are embedded. They are staged as a JSONL catalog under
+    <index-dir>/incoming/, removed once the build is over.
+    """
+    validate_records(records)
+    incoming = settings.index_dir / "incoming"
+    incoming.mkdir(parents=True, exist_ok=True)
+    path = incoming / f"upsert-{artifacts.new_version_id()}-{uuid.uuid4().hex[:8]}.jsonl"
+    with open(path, "w") as fh:
+        for record in records:
+            fh.write(json.dumps(record, default=str) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    try:
+        return build_index(settings, BuildOptions(catalog=path, full=False, progress=False, keep=keep,
+                                                  strict=True), encoder=encoder)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+# --- duplicates ----------------------------------------------------------------------------
+
+
+@dataclass
+class DuplicateGroup:
+    """Products whose images are identical (same bytes) or near-identical (cosine >= threshold)."""
+
+    product_ids: list[str]
+    match: str  # "identical" if every link is the same file content, else "near-identical"
+    min_score: float
+    links: list[dict[str, Any]] = field(default_factory=list)  # {"products": [a, b], "score", "identical"}
+
+
+class _UnionFind:
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+
+    def find(self, x: int) -> int:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def find_duplicates(settings: Settings, *, threshold: float = 0.98, k: int = 32) -> list[DuplicateGroup]:
+    """Group live products by identical image content hash or near-identical image vectors.
+
+    Vectors come from the active version (range search over it, or a kNN search of k
+    neighbours where the index type has no range search); ids are checked against the DB,
+    so deleted products never appear.
+    """
+    if not -1.0 <= threshold <= 1.0:
+        raise InvalidInputError(f"threshold must be a cosine similarity in [-1, 1], got {threshold}")
+    _, index, _ = artifacts.load_version(artifacts.active_version_path(settings.index_dir))
+    engine, sessions = open_database(settings)
+    try:
+        with sessions() as session:  # type: ignore[operator]
+            rows = session.execute(
+                select(ProductImage.id, ProductImage.content_hash, Product.id, Product.product_id)
+                .join(Product).where(Product.deleted.is_(False), ProductImage.status == "ok")
+                .order_by(ProductImage.id)).all()
+    finally:
+        engine.dispose()  # type: ignore[attr-defined]
+    owner = {int(img_id): int(pk) for img_id, _, pk, _ in rows}
+    names = {int(pk): pid for _, _, pk, pid in rows}
+    edges: dict[tuple[int, int], tuple[float, bool]] = {}  # (pk, pk) -> (score, identical)
+
+    def link(a: int, b: int, score: float, identical: bool) -> None:
+        if a == b:
+            return
+        key = (min(a, b), max(a, b))
+        old = edges.get(key)
+        if old is None or (identical and not old[1]) or (identical == old[1] and score > old[0]):
+            edges[key] = (score, identical)
+
+    by_hash: dict[str, list[int]] = {}
+    for _, digest, pk, _ in rows:
+        if digest:
+            by_hash.setdefault(digest, []).append(int(pk))
+    for pks in by_hash.values():
+        for other in pks[1:]:
+            link(pks[0], other, 1.0, True)
+
+    present = set(index.ids().tolist())
+    ids = np.array([i for i in owner if i in present], np.int64)
+    if len(ids) > 1:
+        vectors = index.reconstruct(ids)
+        for a, b, score in _near_pairs(index, vectors, ids, threshold=threshold, k=k):
+            if a in owner and b in owner:
+                link(owner[a], owner[b], score, False)
+
+    groups = _UnionFind()
+    for a, b in edges:
+        groups.union(a, b)
+    members: dict[int, list[int]] = {}
+    for pk in {pk for edge in edges for pk in edge}:
+        members.setdefault(groups.find(pk), []).append(pk)
+    out = []
+    for root, pks in members.items():
+        links = [{"products": sorted((names[a], names[b])), "score": round(score, 4), "identical": ident}
+                 for (a, b), (score, ident) in sorted(edges.items()) if groups.find(a) == root]
+        identical = all(link["identical"] for link in links)
+        out.append(DuplicateGroup(product_ids=sorted(names[pk] for pk in pks),
+                                  match="identical" if identical else "near-identical",
+                                  min_score=min(link["score"] for link in links), links=links))
+    out.sort(key=lambda g: (-len(g.product_ids), g.product_ids))
+    return out
+
+
+def _near_pairs(index: artifacts.FaissIndex, vectors: np.ndarray, ids: np.ndarray, *, threshold: float,
+                k: int) -> list[tuple[int, int, float]]:
+    """(id, id, score) for every pair of vectors with inner product >= threshold."""
+    queries = np.ascontiguousarray(vectors, dtype=np.float32)
+    pairs: list[tuple[int, int, float]] = []
+    try:
+        lims, scores, found = index.index.range_search(queries, float(threshold))
+    except RuntimeError:  # e.g. an index type without range search: kNN, then the threshold
+        scores_knn, found_knn = index.search(queries, min(k, index.ntotal))
+        for qid, row_scores, row_ids in zip(ids.tolist(), scores_knn, found_knn):
+            pairs += [(qid, int(f), float(s)) for s, f in zip(row_scores, row_ids) if f >= 0 and s >= threshold]
+        return pairs
+    for q, qid in enumerate(ids.tolist()):
+        for j in range(lims[q], lims[q + 1]):
+            pairs.append((qid, int(found[j]), float(scores[j])))
+    return pairs

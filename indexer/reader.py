@@ -15,6 +15,7 @@ from catalens.images import content_hash, decode_image, read_image_source
 class ImageJob:
     image_id: int
     source: str
+    needs_caption: bool = False
 
 
 @dataclass
@@ -24,6 +25,9 @@ class LoadedImage:
     image_id: int
     content_hash: str | None = None
     pixels: Any = None
+    rerank_pixels: Any = None  # only when the reranker preprocesses differently from the CLIP
+    needs_caption: bool = False
+    caption: str | None = None
     thumbnail: str | None = None
     error_code: str | None = None
     error: str | None = None
@@ -33,16 +37,17 @@ class ImageReader:
     """Reads, hashes and decodes images; skips decoding when the cache already has the vector."""
 
     def __init__(self, settings: Settings, *, images_root: Path | None, preprocess: Any,
-                 image_size: int, is_cached: Any) -> None:
+                 image_size: int, is_cached: Any, rerank_preprocess: Any = None) -> None:
         self.settings = settings
         self.images_root = images_root
         self.preprocess = preprocess
+        self.rerank_preprocess = rerank_preprocess
         self.image_size = image_size
         self.is_cached = is_cached
         self.thumb_root = settings.index_dir / "thumbnails"
 
     def __call__(self, job: ImageJob) -> LoadedImage:
-        out = LoadedImage(job.image_id)
+        out = LoadedImage(job.image_id, needs_caption=job.needs_caption)
         try:
             data = read_image_source(job.source, images_root=self.images_root,
                                      timeout_s=self.settings.fetch_timeout_s,
@@ -51,14 +56,17 @@ class ImageReader:
             thumb_rel = f"{out.content_hash[:2]}/{out.content_hash}.jpg"
             out.thumbnail = thumb_rel
             need_thumb = not (self.thumb_root / thumb_rel).is_file()
-            if self.is_cached(out.content_hash) and not need_thumb:
+            cached = self.is_cached(out.content_hash)
+            if cached and not need_thumb and not job.needs_caption:
                 return out
             draft = max(self.image_size, self.settings.thumbnail_px)
             image = decode_image(data, max_pixels=self.settings.max_image_pixels, draft_size=draft)
             if need_thumb:
                 self._save_thumbnail(image, thumb_rel)
-            if not self.is_cached(out.content_hash):
+            if not cached or job.needs_caption:
                 out.pixels = self.preprocess(image)
+                if self.rerank_preprocess is not None:
+                    out.rerank_pixels = self.rerank_preprocess(image)
         except CatalensError as exc:
             out.error_code, out.error = exc.code, exc.message
         return out

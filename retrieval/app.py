@@ -42,8 +42,11 @@ def create_searcher(settings: Settings) -> Searcher:
     encoder = load_clip(ModelSpec(settings.model, settings.pretrained), device=settings.device)
     import torch
 
+    from catalens.reranker import load_reranker
+
     torch.set_num_threads(settings.torch_threads())
-    return Searcher(settings, create_session_factory(engine), encoder)
+    reranker = load_reranker(settings.reranker, clip=encoder, device=encoder.device)
+    return Searcher(settings, create_session_factory(engine), encoder, reranker=reranker)
 
 
 def try_reload(searcher: Searcher) -> None:
@@ -91,11 +94,12 @@ def create_app(settings: Settings | None = None, *, searcher: Searcher | None = 
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes,
                        paths=frozenset({"/v1/search/image"}))
 
-    from retrieval.routes import health, products, search
+    from retrieval.routes import admin, health, products, search
 
     app.include_router(search.router)
     app.include_router(products.router)
     app.include_router(health.router)
+    app.include_router(admin.router)
     if (WEB_DIR / "index.html").is_file():
         app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 

@@ -49,20 +49,30 @@ def load_queries(path: Path) -> list[dict[str, Any]]:
     return queries
 
 
-def evaluate_queries(searcher: Any, path: Path, *, k: int = 10) -> dict[str, dict[str, float]]:
-    """Run every labelled query through the searcher; metrics per query set."""
+RERANK_SUFFIX = "+rerank"
+
+
+def evaluate_queries(searcher: Any, path: Path, *, k: int = 10, rerank: bool = False,
+                     progress: bool = False) -> dict[str, dict[str, float]]:
+    """Run every labelled query through the searcher; metrics per query set (and `<set>+rerank`)."""
+    from tqdm import tqdm
+
     from catalens.images import decode_image
     from retrieval.searcher import Filters
 
     ranked: dict[str, list[list[str]]] = {}
     relevant: dict[str, list[set[str]]] = {}
-    for q in load_queries(path):
+    modes = (False, True) if rerank else (False,)
+    for q in tqdm(load_queries(path), desc="queries", unit="q", disable=not progress):
+        image = None
         if "image" in q:
-            data = (path.parent / q["image"]).read_bytes()
-            outcome = searcher.search_image(decode_image(data, max_pixels=searcher.settings.max_image_pixels),
-                                            k, Filters())
-        else:
-            outcome = searcher.search_text(q["text"], k, Filters())
-        ranked.setdefault(q["set"], []).append([h.product.product_id for h in outcome.hits])
-        relevant.setdefault(q["set"], []).append(set(q["relevant"]))
+            image = decode_image((path.parent / q["image"]).read_bytes(), max_pixels=searcher.settings.max_image_pixels)
+        for mode in modes:
+            if image is not None:
+                outcome = searcher.search_image(image, k, Filters(), rerank=mode)
+            else:
+                outcome = searcher.search_text(q["text"], k, Filters(), rerank=mode)
+            name = q["set"] + (RERANK_SUFFIX if mode else "")
+            ranked.setdefault(name, []).append([h.product.product_id for h in outcome.hits])
+            relevant.setdefault(name, []).append(set(q["relevant"]))
     return {name: score_rankings(ranked[name], relevant[name]) for name in ranked}

@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_K = 100
+MAX_RERANK_TOP_N = 100
 
 
 class FiltersIn(BaseModel):
@@ -24,6 +25,9 @@ class TextSearchIn(BaseModel):
     query: str = Field(min_length=1, max_length=1000, description="what the shopper typed")
     k: int = Field(default=10, ge=1, le=MAX_K)
     filters: FiltersIn = Field(default_factory=FiltersIn)
+    rerank: bool = Field(default=False, description="reorder the first-stage top candidates with the reranker")
+    rerank_top_n: int = Field(default=20, ge=1, le=MAX_RERANK_TOP_N,
+                              description="first-stage candidates the reranker reads (at least k are read)")
 
     @field_validator("query")
     @classmethod
@@ -43,12 +47,16 @@ class ResultOut(BaseModel):
     currency: str | None
     image_url: str | None
     thumbnail_url: str | None
+    first_stage_score: float | None = Field(default=None, description="CLIP cosine, when reranked")
+    rerank_score: float | None = Field(default=None, description="reranker match score in [0, 1], when reranked")
+    caption: str | None = Field(default=None, description="caption generated at index time, if stored")
 
 
 class SearchOut(BaseModel):
     results: list[ResultOut]
     took_ms: float
     index_version: str
+    reranked: bool = Field(default=False, description="true when the reranker ordered these results")
 
 
 class ImageOut(BaseModel):
@@ -57,6 +65,7 @@ class ImageOut(BaseModel):
     thumbnail_url: str | None
     status: str
     error: str | None
+    caption: str | None = None
 
 
 class ProductOut(BaseModel):
@@ -113,4 +122,10 @@ def result_from_hit(hit: Any) -> ResultOut:
     return ResultOut(product_id=p.product_id, score=round(float(hit.score), 6), title=p.title,
                      category=p.category, brand=p.brand, price=p.price, currency=p.currency,
                      image_url=image_url(p.product_id, hit.image_position),
-                     thumbnail_url=image_url(p.product_id, hit.image_position, thumb=True))
+                     thumbnail_url=image_url(p.product_id, hit.image_position, thumb=True),
+                     first_stage_score=_rounded(hit.first_stage_score), rerank_score=_rounded(hit.rerank_score),
+                     caption=hit.caption)
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 6)

@@ -6,6 +6,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +19,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from catalens import artifacts
 from catalens.config import Settings
 from catalens.encoder import ClipEncoder
-from catalens.errors import IndexArtifactError, IndexNotReadyError, NotFoundError
+from catalens.errors import CatalensError, IndexArtifactError, IndexNotReadyError, InvalidInputError, NotFoundError
+from catalens.reranker import Reranker
 from catalens.schema import Product, ProductImage
 from indexer.builder import TEXT_ID_BASE
 
@@ -57,6 +60,10 @@ class Hit:
     product: Product
     score: float
     image_position: int | None
+    vector_id: int = -1  # the product's best-matching vector (its image, or its text fallback)
+    first_stage_score: float | None = None
+    rerank_score: float | None = None
+    caption: str | None = None  # generated at index time, when the build stored captions
 
 
 @dataclass
@@ -64,6 +71,7 @@ class SearchOutcome:
     hits: list[Hit]
     index_version: str
     timings: dict[str, float] = field(default_factory=dict)
+    reranked: bool = False
 
 
 @dataclass
@@ -75,13 +83,15 @@ class Snapshot:
     texts: artifacts.FaissIndex
     owner: dict[int, tuple[int, int]]  # vector id -> (product pk, image position or -1)
     vectors_of: dict[int, list[int]] = field(default_factory=dict)  # product pk -> vector ids
+    rerank: artifacts.RerankFeatures | None = None  # stored second-stage image features
 
     @property
     def version_id(self) -> str:
         return self.manifest.version_id
 
 
-def load_snapshot(settings: Settings, sessions: sessionmaker[Session], encoder: ClipEncoder) -> Snapshot:
+def load_snapshot(settings: Settings, sessions: sessionmaker[Session], encoder: ClipEncoder,
+                  reranker_id: str | None = None) -> Snapshot:
     """Load and verify the active version; refuse one built with another model."""
     path = artifacts.active_version_path(settings.index_dir)
     manifest, images, texts = artifacts.load_version(path)
@@ -100,17 +110,46 @@ def load_snapshot(settings: Settings, sessions: sessionmaker[Session], encoder: 
     vectors_of: dict[int, list[int]] = {}
     for vid, (pk, _) in owner.items():
         vectors_of.setdefault(pk, []).append(vid)
-    return Snapshot(manifest, images, texts, owner, vectors_of)
+    rerank = artifacts.load_rerank_features(path, manifest)
+    if rerank is not None and manifest.reranker != reranker_id:
+        # Features of another reranker would be read as garbage: decode candidates instead.
+        LOG.warning("index version %s stores features of reranker %s, not of %s; reranking decodes images",
+                    manifest.version_id, manifest.reranker, reranker_id)
+        rerank = None
+    return Snapshot(manifest, images, texts, owner, vectors_of, rerank)
+
+
+@dataclass(frozen=True)
+class ImageQuery:
+    """An uploaded image as a rerank query (text queries are plain strings)."""
+
+    image: Any
+
+
+def token_match_scores(query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Image-to-image second stage: mean over query tokens of the best cosine among a candidate's tokens.
+
+    Pooled CLIP vectors average away where colours sit; matching token to token keeps it.
+    query (T, D), candidates (N, T, D) -> (N,) in [0, 1].
+    """
+    q = query.astype(np.float32)
+    q /= np.linalg.norm(q, axis=-1, keepdims=True).clip(min=1e-6)
+    c = candidates.astype(np.float32)
+    c /= np.linalg.norm(c, axis=-1, keepdims=True).clip(min=1e-6)
+    sims = np.einsum("td,nsd->nts", q, c)
+    return ((sims.max(axis=2).mean(axis=1) + 1) / 2).astype(np.float32)
 
 
 class Searcher:
     """Answers text, image and similar-product queries against the current snapshot."""
 
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], encoder: ClipEncoder,
-                 *, observe: Callable[[str, float], None] | None = None) -> None:
+                 *, observe: Callable[[str, float], None] | None = None, reranker: Reranker | None = None) -> None:
         self.settings = settings
         self.sessions = sessions
         self.encoder = encoder
+        self.reranker = reranker
+        self._rerank_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rerank")
         self.observe = observe or (lambda stage, seconds: None)
         self._snapshot: Snapshot | None = None
         self._swap_lock = threading.Lock()
@@ -144,7 +183,8 @@ class Searcher:
         In-flight requests keep the snapshot they started with; Python frees the old one
         when the last of them drops its reference.
         """
-        snap = load_snapshot(self.settings, self.sessions, self.encoder)
+        snap = load_snapshot(self.settings, self.sessions, self.encoder,
+                             self.reranker.reranker_id if self.reranker else None)
         with self._swap_lock:
             self._snapshot = snap
         LOG.info("serving index version %s (%d vectors)", snap.version_id, snap.images.ntotal)
@@ -162,17 +202,112 @@ class Searcher:
             self._text_cache[text] = vec
         return vec
 
-    def search_text(self, query: str, k: int, filters: Filters) -> SearchOutcome:
+    def search_text(self, query: str, k: int, filters: Filters, *, rerank: bool = False,
+                    rerank_top_n: int | None = None) -> SearchOutcome:
+        """Text-to-image search; with rerank, the reranker reorders the first-stage top_n."""
         snap = self.snapshot
         t0 = time.perf_counter()
         vec = self.encode_text(query)
-        return self._search(snap, vec, k, filters, encode_s=time.perf_counter() - t0)
+        if not rerank:
+            return self._search(snap, vec, k, filters, encode_s=time.perf_counter() - t0)
+        if self.reranker is None:
+            raise InvalidInputError("reranking is off on this server (CATALENS_RERANKER=none)")
+        top_n = max(k, rerank_top_n or self.settings.rerank_top_n)
+        outcome = self._search(snap, vec, top_n, filters, encode_s=time.perf_counter() - t0)
+        return self._rerank(snap, query, outcome, k)
 
-    def search_image(self, image: Any, k: int, filters: Filters) -> SearchOutcome:
+    def _rerank(self, snap: Snapshot, query: str | ImageQuery, outcome: SearchOutcome, k: int) -> SearchOutcome:
+        """Reorder by the reranker within the time budget; past it, the first-stage order, unreranked."""
+        t0 = time.perf_counter()
+        for hit in outcome.hits:
+            hit.first_stage_score = hit.score
+        budget = self.settings.rerank_budget_ms / 1000
+        future = self._rerank_pool.submit(self._rerank_scores, self.reranker, snap, query, outcome.hits)
+        try:
+            scores = future.result(timeout=budget)
+        except FutureTimeout:
+            future.cancel()
+            LOG.warning("reranking took over its %.0f ms budget; first-stage order returned", budget * 1000)
+            scores = None
+        except Exception:  # a failing second stage must never fail the search
+            LOG.exception("reranker failed; first-stage order returned")
+            scores = None
+        outcome.timings["rerank"] = time.perf_counter() - t0
+        self.observe("rerank", outcome.timings["rerank"])
+        if scores is None:
+            outcome.hits = outcome.hits[:k]
+            return outcome
+        w = self.settings.rerank_weight
+        for hit, score in zip(outcome.hits, scores):
+            hit.rerank_score = None if score is None else float(score)
+            hit.score = hit.score if score is None else w * float(score) + (1 - w) * hit.score
+        # Products with no image features (text-only) keep their place after the judged ones.
+        outcome.hits.sort(key=lambda h: (h.rerank_score is None, -h.score))
+        outcome.hits = outcome.hits[:k]
+        outcome.reranked = True
+        return outcome
+
+    def _rerank_scores(self, reranker: Reranker, snap: Snapshot, query: str | ImageQuery,
+                       hits: list[Hit]) -> list[float | None]:
+        """One batched reranker pass over the candidates' stored features."""
+        vids = np.array([h.vector_id for h in hits], np.int64)
+        if snap.rerank is None:
+            features, found = self._features_from_images(reranker, hits)
+        else:
+            found, features = snap.rerank.lookup(vids)
+        if not len(features):
+            scores = np.zeros(0)
+        elif isinstance(query, ImageQuery):
+            import torch
+
+            query_tokens = reranker.image_features(torch.stack([reranker.preprocess(query.image)]))[0]
+            scores = token_match_scores(query_tokens, np.asarray(features))
+        else:
+            scores = reranker.score(query, np.asarray(features))
+        out: list[float | None] = [None] * len(hits)
+        for slot, score in zip(np.flatnonzero(found), scores):
+            out[int(slot)] = float(score)
+        return out
+
+    def _features_from_images(self, reranker: Reranker, hits: list[Hit]) -> tuple[np.ndarray, np.ndarray]:
+        """The slow path for versions built without stored features: decode the candidates' images."""
+        import torch
+
+        from catalens.images import decode_image, read_image_source
+
+        with self.sessions() as session:
+            sources = {row.id: row.source for row in session.scalars(
+                select(ProductImage).where(ProductImage.id.in_([h.vector_id for h in hits]),
+                                           ProductImage.status == "ok"))}
+        found = np.zeros(len(hits), bool)
+        pixels = []
+        for i, hit in enumerate(hits):
+            if hit.vector_id not in sources:
+                continue
+            try:
+                data = read_image_source(sources[hit.vector_id], images_root=None,
+                                         timeout_s=self.settings.fetch_timeout_s, max_bytes=self.settings.max_fetch_bytes)
+                pixels.append(reranker.preprocess(decode_image(data, max_pixels=self.settings.max_image_pixels)))
+                found[i] = True
+            except CatalensError:
+                continue
+        if not pixels:
+            return np.zeros((0,)), found
+        return reranker.image_features(torch.stack(pixels)), found
+
+    def search_image(self, image: Any, k: int, filters: Filters, *, rerank: bool = False,
+                     rerank_top_n: int | None = None) -> SearchOutcome:
+        """Image-to-image search; with rerank, patch-token matching reorders the first-stage top_n."""
         snap = self.snapshot
         t0 = time.perf_counter()
         vec = self.encoder.encode_images([image])[0]
-        return self._search(snap, vec, k, filters, encode_s=time.perf_counter() - t0)
+        if not rerank:
+            return self._search(snap, vec, k, filters, encode_s=time.perf_counter() - t0)
+        if self.reranker is None:
+            raise InvalidInputError("reranking is off on this server (CATALENS_RERANKER=none)")
+        top_n = max(k, rerank_top_n or self.settings.rerank_top_n)
+        outcome = self._search(snap, vec, top_n, filters, encode_s=time.perf_counter() - t0)
+        return self._rerank(snap, ImageQuery(image), outcome, k)
 
     def similar(self, product_id: str, k: int, filters: Filters) -> SearchOutcome:
         """Products like this one (by the mean of its image vectors), itself excluded."""
@@ -228,17 +363,17 @@ class Searcher:
         return np.array([vid for pk in pks for vid in snap.vectors_of.get(pk, ())], np.int64)
 
     @staticmethod
-    def _best_per_product(snap: Snapshot, scores: np.ndarray, ids: np.ndarray) -> dict[int, tuple[float, int]]:
-        best: dict[int, tuple[float, int]] = {}
+    def _best_per_product(snap: Snapshot, scores: np.ndarray, ids: np.ndarray) -> dict[int, tuple[float, int, int]]:
+        best: dict[int, tuple[float, int, int]] = {}
         for score, vid in zip(scores.tolist(), ids.tolist()):
             if vid < 0 or vid not in snap.owner:
                 continue
             pk, pos = snap.owner[vid]
             if pk not in best:  # results arrive best-first
-                best[pk] = (score, pos)
+                best[pk] = (score, pos, vid)
         return best
 
-    def _resolve(self, best: dict[int, tuple[float, int]], filters: Filters, want: int,
+    def _resolve(self, best: dict[int, tuple[float, int, int]], filters: Filters, want: int,
                  timings: dict[str, float]) -> list[Hit]:
         """Fetch live products that pass the filters; deleted ids are dropped here."""
         if not best:
@@ -247,9 +382,11 @@ class Searcher:
         with self.sessions() as session:
             products = {p.id: p for p in session.scalars(
                 select(Product).where(Product.id.in_(list(best)), *filters.clauses()))}
+            captions = dict(session.execute(select(ProductImage.id, ProductImage.caption).where(
+                ProductImage.id.in_([vid for _, _, vid in best.values()]), ProductImage.caption.is_not(None))).all())
         timings["metadata"] = timings.get("metadata", 0.0) + time.perf_counter() - t0
-        hits = [Hit(products[pk], score, pos if pos >= 0 else None)
-                for pk, (score, pos) in best.items() if pk in products]
+        hits = [Hit(products[pk], score, pos if pos >= 0 else None, vid, caption=captions.get(vid))
+                for pk, (score, pos, vid) in best.items() if pk in products]
         hits.sort(key=lambda h: -h.score)
         return hits[:want]
 

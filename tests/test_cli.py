@@ -71,11 +71,12 @@ def test_bad_rows_are_skipped_recorded_and_listed(small_catalog: Path, tmp_path:
     (["search", "text", "red mug"], "no index"),
     (["search", "text", ""], "invalid query"),
     (["search", "image", "/nonexistent.jpg"], "not found"),
-    (["index", "build", "--catalog", "x.csv", "--model", "ViT-B-32"], "needs --pretrained"),
+    (["index", "build", "--catalog", "{tmp}/x.csv", "--model", "ViT-B-32"], "needs --pretrained"),
     (["index", "rollback"], "no version"),
 ])
 def test_cli_errors_are_one_line_with_nonzero_exit(tmp_path: Path, argv: list[str], needle: str) -> None:
-    result = run_cli(*argv, "--index-dir", str(tmp_path / "empty"))
+    (tmp_path / "x.csv").write_text("product_id,title\np1,red mug\n")
+    result = run_cli(*(a.replace("{tmp}", str(tmp_path)) for a in argv), "--index-dir", str(tmp_path / "empty"))
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("catalens: error:") and needle in lines[0], result.stderr

@@ -28,7 +28,11 @@ TRAIN_SEED_OFFSET = 1_000
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    from training.train_itm import add_itm_args
+
     parser = parser or argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--kind", choices=["clip", "itm"], default="clip",
+                        help="clip: the retrieval model; itm: the reranker head on a frozen CLIP (--base-model)")
     parser.add_argument("--out", type=Path, required=True, help="output folder for weights + log")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="open_clip model JSON")
     parser.add_argument("--steps", type=int, default=2000)
@@ -39,7 +43,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (and render workers)")
     parser.add_argument("--eval-products", type=int, default=2000)
+    parser.add_argument("--image-loss-weight", type=float, default=0.5,
+                        help="weight of the image-image ClipLoss between two renders of a spec")
     parser.add_argument("--eval-every", type=int, default=0, help="steps between evals (0: end only)")
+    add_itm_args(parser)
     return parser
 
 
@@ -58,30 +65,46 @@ def _render_item(args: tuple[world.ProductSpec, int, int]) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def render_training_set(n: int, seed: int, size: int, workers: int) -> tuple[list[world.ProductSpec], np.ndarray, list[list[int]]]:
-    """Specs, uint8 images (n, size, size, 3) and groups: singles and colour-swapped twin pairs."""
+def hard_negatives(spec: world.ProductSpec, rng: random.Random) -> list[world.ProductSpec]:
+    """Specs that differ from `spec` in exactly one attribute: what a batch must tell apart."""
+    out: list[world.ProductSpec] = []
+    if spec.secondary and rng.random() < 0.5:  # colour swap: the binding negative
+        out.append(world.ProductSpec(spec.category, spec.secondary, spec.main, spec.pattern))
+    if rng.random() < 0.3:  # another pattern, same colours
+        pattern = rng.choice([p for p in world.PATTERNS if p != spec.pattern])
+        secondary = None if pattern == "solid" else spec.secondary or rng.choice(
+            [c for c in world.COLOURS if c != spec.main])
+        out.append(world.ProductSpec(spec.category, spec.main, secondary, pattern))
+    if rng.random() < 0.3:  # another main colour
+        main = rng.choice([c for c in world.COLOURS if c not in (spec.main, spec.secondary)])
+        out.append(world.ProductSpec(spec.category, main, spec.secondary, spec.pattern))
+    if spec.secondary and rng.random() < 0.2:  # another secondary colour
+        second = rng.choice([c for c in world.COLOURS if c not in (spec.main, spec.secondary)])
+        out.append(world.ProductSpec(spec.category, spec.main, second, spec.pattern))
+    return out
+
+
+def render_training_set(n: int, seed: int, size: int, workers: int,
+                        views: int = 2) -> tuple[list[world.ProductSpec], np.ndarray, list[list[int]]]:
+    """Specs, uint8 images (n, views, size, size, 3) and groups: a spec with its hard negatives."""
     rng = random.Random(seed)
     specs: list[world.ProductSpec] = []
-    seeds: list[int] = []
     groups: list[list[int]] = []
     while len(specs) < n:
         spec = world.random_spec(rng)
-        group = [len(specs)]
-        specs.append(spec)
-        seeds.append(rng.getrandbits(31))
-        if spec.secondary and rng.random() < 0.35 and len(specs) < n:
-            group.append(len(specs))
-            specs.append(world.ProductSpec(spec.category, spec.secondary, spec.main, spec.pattern))
-            seeds.append(rng.getrandbits(31))
-        groups.append(group)
-    jobs = [(s, sd, size) for s, sd in zip(specs, seeds)]
+        family = [spec, *hard_negatives(spec, rng)][: n - len(specs)]
+        groups.append(list(range(len(specs), len(specs) + len(family))))
+        specs.extend(family)
+    jobs = [(s, rng.getrandbits(31), size) for s in specs for _ in range(views)]
     with get_context("fork").Pool(max(1, workers)) as pool:
         images = pool.map(_render_item, jobs, chunksize=256)
-    return specs, np.stack(images), groups
+    return specs, np.stack(images).reshape(len(specs), views, size, size, 3), groups
 
 
-def caption_for(spec: world.ProductSpec, rng: random.Random) -> str:
-    """A training caption: query-like, swap-style or title-like, at random."""
+def caption_for(spec: world.ProductSpec, rng: random.Random, *, full: bool = False) -> str:
+    """A training caption: query-like, colour-role or title-like; `full` names every attribute."""
+    if full and spec.secondary:
+        return world.swap_query(spec, rng) if rng.random() < 0.5 else world.describe_full(spec, rng)
     form = rng.random()
     if form < 0.4:
         return world.plain_query(spec, rng)
@@ -92,11 +115,15 @@ def caption_for(spec: world.ProductSpec, rng: random.Random) -> str:
     return world.describe(spec, rng, brand=brand, material=material)
 
 
-def sample_batch(groups: list[list[int]], batch_size: int, rng: random.Random) -> list[int]:
+def sample_batch(groups: list[list[int]], batch_size: int, rng: random.Random) -> tuple[list[int], list[bool]]:
+    """Whole groups until the batch is full; flags mark members of a group with hard negatives."""
     batch: list[int] = []
+    full: list[bool] = []
     while len(batch) < batch_size:
-        batch.extend(rng.choice(groups))
-    return batch[:batch_size]
+        group = rng.choice(groups)
+        batch.extend(group)
+        full.extend([len(group) > 1] * len(group))
+    return batch[:batch_size], full[:batch_size]
 
 
 # --- model -------------------------------------------------------------------------------
@@ -213,8 +240,9 @@ def train(args: argparse.Namespace) -> dict:
 
     t0 = time.time()
     specs, images, groups = render_training_set(args.n_images, args.seed + TRAIN_SEED_OFFSET, size, args.threads)
-    pixels = torch.from_numpy(images).permute(0, 3, 1, 2)
-    LOG.info("rendered %d training images in %.0fs", len(specs), time.time() - t0)
+    pixels = torch.from_numpy(images).permute(0, 1, 4, 2, 3)  # (n, views, 3, H, W) uint8
+    LOG.info("rendered %d specs x %d views in %d groups in %.0fs", len(specs), pixels.shape[1],
+             len(groups), time.time() - t0)
 
     loss_fn = open_clip.ClipLoss()
     opt = torch.optim.AdamW(param_groups(model, 0.1), lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
@@ -224,11 +252,15 @@ def train(args: argparse.Namespace) -> dict:
     for step in range(args.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, base=args.lr, warmup=args.warmup, total=args.steps)
-        idx = sample_batch(groups, args.batch_size, rng)
-        x = (pixels[idx].float() / 255.0 - mean) / std
-        texts = tokenizer([caption_for(specs[i], rng) for i in idx])
+        idx, full = sample_batch(groups, args.batch_size, rng)
+        # Two renders of each spec: both match the caption, and each other (image queries).
+        x = (pixels[idx].flatten(0, 1).float() / 255.0 - mean) / std
+        texts = tokenizer([caption_for(specs[i], rng, full=f) for i, f in zip(idx, full)])
         out = model(x, texts)
-        loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+        img = out["image_features"].view(len(idx), -1, out["image_features"].shape[-1])
+        scale = out["logit_scale"]
+        loss = (loss_fn(img[:, 0], out["text_features"], scale) + loss_fn(img[:, 1], out["text_features"], scale)) / 2
+        loss = loss + args.image_loss_weight * loss_fn(img[:, 0], img[:, 1], scale)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -263,8 +295,17 @@ def train(args: argparse.Namespace) -> dict:
     return summary
 
 
+def run(args: argparse.Namespace) -> dict:
+    """Train what --kind asks for."""
+    if args.kind == "itm":
+        from training.train_itm import train_itm
+
+        return train_itm(args)
+    return train(args)
+
+
 def main(argv: list[str] | None = None) -> int:
-    train(build_parser().parse_args(argv))
+    run(build_parser().parse_args(argv))
     return 0
 
 

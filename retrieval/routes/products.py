@@ -27,7 +27,7 @@ def get_product(product_id: str, searcher: SearcherDep) -> ProductOut:
         brand=p.brand, price=p.price, currency=p.currency, attributes=p.attributes or {},
         images=[ImageOut(position=img.position, url=image_url(p.product_id, img.position) or "",
                          thumbnail_url=image_url(p.product_id, img.position, thumb=True)
-                         if img.thumbnail else None, status=img.status, error=img.error)
+                         if img.thumbnail else None, status=img.status, error=img.error, caption=img.caption)
                 for img in p.images],
         index_version=searcher.current_version)
 

@@ -27,14 +27,15 @@ def to_filters(body: FiltersIn) -> Filters:
 def to_response(outcome: SearchOutcome, started: float) -> SearchOut:
     return SearchOut(results=[result_from_hit(h) for h in outcome.hits],
                      took_ms=round((time.perf_counter() - started) * 1000, 2),
-                     index_version=outcome.index_version)
+                     index_version=outcome.index_version, reranked=outcome.reranked)
 
 
 @router.post("/text", response_model=SearchOut, responses=ERRORS)
 def search_text(body: TextSearchIn, searcher: SearcherDep) -> SearchOut:
-    """Find products matching a text query (text-to-image search)."""
+    """Find products matching a text query (text-to-image search), optionally reranked."""
     started = time.perf_counter()
-    return to_response(searcher.search_text(body.query, body.k, to_filters(body.filters)), started)
+    return to_response(searcher.search_text(body.query, body.k, to_filters(body.filters), rerank=body.rerank,
+                                            rerank_top_n=body.rerank_top_n), started)
 
 
 @router.post("/image", response_model=SearchOut, responses=ERRORS)

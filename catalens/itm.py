@@ -1,0 +1,102 @@
+"""The bundled image-text matching (ITM) model: query tokens cross-attend to image patch tokens.
+
+It sits on a frozen CLIP: the CLIP text tower gives per-token states of the query, the CLIP
+vision tower gives patch tokens of the image (computed once at index time and stored), and a
+few cross-attention blocks with a binary match head read one against the other. Unlike two
+pooled vectors, this can tell "red mug with blue dots" from "blue mug with red dots".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+ITM_CONFIG = "itm.json"
+ITM_WEIGHTS = "itm.safetensors"
+
+
+@dataclass(frozen=True)
+class ItmConfig:
+    """Shape of the ITM head and the CLIP it reads features from."""
+
+    base_model: str
+    text_width: int
+    image_width: int
+    width: int = 128
+    layers: int = 2
+    heads: int = 4
+
+    def save(self, folder: Path) -> None:
+        (folder / ITM_CONFIG).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> ItmConfig:
+        return cls(**json.loads((folder / ITM_CONFIG).read_text()))
+
+
+class CrossBlock(nn.Module):
+    """Pre-norm block: text self-attention, text-to-image cross-attention, MLP."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.ln_self = nn.LayerNorm(width)
+        self.self_attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.ln_cross = nn.LayerNorm(width)
+        self.cross_attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.ln_mlp = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        h = self.ln_self(x)
+        x = x + self.self_attn(h, h, h, key_padding_mask=pad, need_weights=False)[0]
+        h = self.ln_cross(x)
+        x = x + self.cross_attn(h, image, image, need_weights=False)[0]
+        return x + self.mlp(self.ln_mlp(x))
+
+
+class ItmHead(nn.Module):
+    """(query token states, padding mask, image tokens) -> one match logit per pair."""
+
+    def __init__(self, config: ItmConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.text_in = nn.Linear(config.text_width, config.width)
+        self.image_in = nn.Linear(config.image_width, config.width)
+        self.image_ln = nn.LayerNorm(config.width)
+        self.blocks = nn.ModuleList(CrossBlock(config.width, config.heads) for _ in range(config.layers))
+        self.ln_out = nn.LayerNorm(config.width)
+        self.head = nn.Linear(config.width, 1)
+
+    def forward(self, text: torch.Tensor, pad: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        x = self.text_in(text)
+        img = self.image_ln(self.image_in(image.to(x.dtype)))
+        for block in self.blocks:
+            x = block(x, pad, img)
+        keep = (~pad).unsqueeze(-1).to(x.dtype)
+        pooled = (self.ln_out(x) * keep).sum(1) / keep.sum(1).clamp(min=1)
+        return self.head(pooled).squeeze(-1)
+
+
+def clip_text_states(model: Any, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token states of an open_clip CLIP text tower, cut after the longest EOT; (states, pad mask)."""
+    eot = tokens.argmax(dim=-1)  # open_clip's EOT has the highest id, as its argmax pooling assumes
+    length = int(eot.max().item()) + 1
+    tokens = tokens[:, :length]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:length].to(cast)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    pad = torch.arange(length, device=tokens.device)[None, :] > eot[:, None]
+    return x, pad
+
+
+def clip_image_tokens(model: Any, pixels: torch.Tensor) -> torch.Tensor:
+    """Patch tokens (class token first) of an open_clip ViT after its final norm: (N, T, width)."""
+    visual = model.visual
+    x = visual.transformer(visual._embeds(pixels))
+    return visual.ln_post(x)
