@@ -225,7 +225,7 @@ def _load_encoder(settings: Settings):  # type: ignore[no-untyped-def]
 # --- bench index ---------------------------------------------------------------------------
 
 
-def _timed_embedder(encoder):  # type: ignore[no-untyped-def]
+def _timed_embedder(encoder, reranker=None):  # type: ignore[no-untyped-def]
     from indexer.embedder import Embedder
 
     class TimedEmbedder(Embedder):
@@ -248,7 +248,21 @@ def _timed_embedder(encoder):  # type: ignore[no-untyped-def]
             finally:
                 self.text_s += time.perf_counter() - t0
 
-    return TimedEmbedder(encoder)
+        def embed_pixels_with_features(self, pixels: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
+            t0 = time.perf_counter()
+            try:
+                return super().embed_pixels_with_features(pixels)
+            finally:
+                self.pixel_s += time.perf_counter() - t0
+
+        def rerank_features(self, pixels: list[Any]) -> np.ndarray:
+            t0 = time.perf_counter()
+            try:
+                return super().rerank_features(pixels)
+            finally:
+                self.pixel_s += time.perf_counter() - t0
+
+    return TimedEmbedder(encoder, reranker=reranker)
 
 
 @contextlib.contextmanager
@@ -368,6 +382,7 @@ def cmd_bench_index(args: argparse.Namespace, settings: Settings) -> int:
         "phases_s": {k: round(v, 3) for k, v in phases.items()},
         "model_s_in_pipeline": {"images": round(embedder.pixel_s, 3), "texts": round(embedder.text_s, 3)},
         "texts_embedded": summary.texts_embedded,
+        "rerank_features": settings.reranker if settings.rerank_features else None,
         "vectors": summary.vectors,
         "factory": summary.factory,
         "batch_size": settings.batch_size,
@@ -717,7 +732,7 @@ def cmd_bench_query(args: argparse.Namespace, settings: Settings) -> int:
         "bench": "query",
         **results,
         "text_rerank_note": None if rerank_available else
-        f"absent: the server answers rerank=true with HTTP {probe.status_code} (no second stage is built yet)",
+        f"absent: the server answers rerank=true with HTTP {probe.status_code} (CATALENS_RERANKER=none?)",
         "model": settings.model,
         "n": args.n,
         "vectors": ready.get("vectors"),

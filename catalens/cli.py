@@ -20,7 +20,8 @@ Handler = Callable[[argparse.Namespace, Settings], int]
 def settings_from(args: argparse.Namespace) -> Settings:
     """Settings from the environment, overridden by the flags given on the command line."""
     overrides: dict[str, Any] = {}
-    for name in ("index_dir", "model", "pretrained", "device", "batch_size", "threads", "database_url"):
+    for name in ("index_dir", "model", "pretrained", "device", "batch_size", "threads", "database_url", "reranker",
+                 "rerank_features"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -60,7 +61,8 @@ def _build(args: argparse.Namespace, settings: Settings, *, full: bool) -> int:
 
     catalog = args.catalog or _last_catalog(settings)
     options = BuildOptions(catalog=catalog, images_root=args.images_root, strict=args.strict,
-                           factory=args.faiss_factory, full=full, progress=not args.quiet, keep=args.keep)
+                           factory=args.faiss_factory, full=full, progress=not args.quiet, keep=args.keep,
+                           caption=args.caption)
     summary = build_index(settings, options)
     text = (f"index version {summary.version_id} is active: read {summary.read} rows, indexed "
             f"{summary.indexed}, skipped {summary.skipped}, deleted {summary.deleted}; images ok "
@@ -204,7 +206,7 @@ def _print_results(args: argparse.Namespace, outcome: Any) -> None:
     lines = [f"{i + 1:>3}. {r['score']:.4f}  {r['product_id']}  {r['title']}"
              f"  [{r['category'] or '-'} | {r['brand'] or '-'} | {r['price'] if r['price'] is not None else '-'}]"
              for i, r in enumerate(results)]
-    emit(args, {"results": results, "index_version": outcome.index_version},
+    emit(args, {"results": results, "index_version": outcome.index_version, "reranked": outcome.reranked},
          "\n".join(lines) or "no results")
 
 
@@ -223,7 +225,8 @@ def cmd_search_text(args: argparse.Namespace, settings: Settings) -> int:
         TextSearchIn(query=args.query, k=args.k)
     except ValidationError as exc:
         raise CatalensError(f"invalid query: {exc.errors()[0]['msg']}") from exc
-    _print_results(args, _loaded_searcher(settings).search_text(args.query.strip(), args.k, _filters(args)))
+    _print_results(args, _loaded_searcher(settings).search_text(args.query.strip(), args.k, _filters(args),
+                                                                rerank=args.rerank, rerank_top_n=args.rerank_top_n))
     return 0
 
 
@@ -233,7 +236,8 @@ def cmd_search_image(args: argparse.Namespace, settings: Settings) -> int:
     data = read_image_source(str(args.path), images_root=None, timeout_s=settings.fetch_timeout_s,
                              max_bytes=settings.max_upload_bytes)
     image = decode_image(data, max_pixels=settings.max_image_pixels)
-    _print_results(args, _loaded_searcher(settings).search_image(image, args.k, _filters(args)))
+    _print_results(args, _loaded_searcher(settings).search_image(image, args.k, _filters(args), rerank=args.rerank,
+                                                                 rerank_top_n=args.rerank_top_n))
     return 0
 
 
@@ -290,6 +294,16 @@ def _common(p: argparse.ArgumentParser, *, model: bool = False, json_flag: bool 
         p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
         p.add_argument("--batch-size", type=int, default=None)
         p.add_argument("--threads", type=int, default=None, help="torch/FAISS threads (default: cores)")
+        p.add_argument("--reranker", default=None,
+                       help="second stage: catalens-itm (default), blip:<id or folder>, "
+                            "coca:<model or config.json>@<pretrained>, or none")
+
+
+def _top_n(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{value} is not in 1..100")
+    return value
 
 
 def _filter_flags(p: argparse.ArgumentParser) -> None:
@@ -298,6 +312,9 @@ def _filter_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--brand", action="append", help="keep only this brand (repeatable)")
     p.add_argument("--price-min", type=float, default=None)
     p.add_argument("--price-max", type=float, default=None)
+    p.add_argument("--rerank", action="store_true", help="reorder the top candidates with the reranker")
+    p.add_argument("--rerank-top-n", type=_top_n, default=None, metavar="N",
+                   help="candidates the reranker reads (1..100, default 20)")
 
 
 def _build_flags(p: argparse.ArgumentParser, *, catalog_required: bool) -> None:
@@ -308,6 +325,10 @@ def _build_flags(p: argparse.ArgumentParser, *, catalog_required: bool) -> None:
     p.add_argument("--faiss-factory", default=None, help="FAISS factory string (default: by size)")
     p.add_argument("--keep", type=int, default=3, help="index versions to keep")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--caption", action="store_true",
+                   help="store a generated caption per image (needs a reranker that can caption, e.g. coca:...)")
+    p.add_argument("--no-rerank-features", dest="rerank_features", action="store_false", default=None,
+                   help="do not store reranker image features (smaller index; reranking then decodes images)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -100,3 +100,18 @@ def clip_image_tokens(model: Any, pixels: torch.Tensor) -> torch.Tensor:
     visual = model.visual
     x = visual.transformer(visual._embeds(pixels))
     return visual.ln_post(x)
+
+
+def clip_image_embeddings_and_tokens(model: Any, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """One vision pass giving both the normalised CLIP embedding and the patch tokens.
+
+    Exact for a ViT with class-token pooling and the norm before pooling (the bundled model);
+    None for other towers, which then take two passes.
+    """
+    visual = model.visual
+    if (getattr(visual, "pool_type", None) != "tok" or getattr(visual, "attn_pool", None) is not None
+            or getattr(visual, "final_ln_after_pool", False) or getattr(visual, "proj", None) is None):
+        return None
+    tokens = clip_image_tokens(model, pixels)
+    pooled = tokens[:, 0] @ visual.proj
+    return torch.nn.functional.normalize(pooled, dim=-1), tokens

@@ -133,7 +133,8 @@ class CocaReranker:
             latent, embs = self.model._encode_image(pixels.to(self.device))
             seq = torch.full((len(pixels), 1), sot, dtype=torch.long, device=self.device)
             done = torch.zeros(len(pixels), dtype=torch.bool, device=self.device)
-            for _ in range(MAX_CAPTION_TOKENS):
+            context = int(getattr(self.model.text, "context_length", MAX_CAPTION_TOKENS + 1))
+            for _ in range(min(MAX_CAPTION_TOKENS, context - 1)):
                 logits = self.model(None, seq, image_latent=latent, image_embs=embs, output_labels=False)["logits"]
                 nxt = logits[:, -1].argmax(dim=-1)
                 nxt = torch.where(done, torch.full_like(nxt, eot), nxt)
@@ -146,9 +147,15 @@ class CocaReranker:
 
 
 def load_coca_reranker(model: str, pretrained: str | None, *, device: str = "cpu") -> CocaReranker:
-    """An open_clip CoCa by name + pretrained tag or checkpoint file (e.g. coca_ViT-B-32@laion2b_s13b_b90k)."""
+    """An open_clip CoCa by name (or a JSON config file) + pretrained tag or checkpoint file.
+
+    e.g. coca_ViT-B-32@mscoco_finetuned_laion2b_s13b_b90k, or ./my-coca.json@./my-coca.pt
+    """
     import open_clip
 
+    if model.endswith(".json") and Path(model).is_file():
+        open_clip.add_model_config(Path(model))  # registered in this process before create_model
+        model = Path(model).stem
     try:
         net = open_clip.create_model(model, pretrained=pretrained, device=device)
         tokenizer = open_clip.get_tokenizer(model)

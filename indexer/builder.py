@@ -361,12 +361,20 @@ def _embed_loaded(loaded: list[LoadedImage], embedder: Embedder, caches: Caches,
             summary.images_ok += 1
     todo = [item for item in decoded if f"img:{item.content_hash}" not in caches.vectors]
     summary.cached += sum(1 for item in loaded if not item.error) - len(todo)
-    if todo:
+    feats = [item for item in decoded if f"rr:{item.content_hash}" not in caches.features] \
+        if caches.features is not None else []
+    same = todo and [id(item) for item in feats] == [id(item) for item in todo]
+    both = embedder.embed_pixels_with_features([item.pixels for item in todo]) if same else None
+    if both is not None:  # the bundled reranker reads this CLIP: one vision pass gives both
+        caches.vectors.put_many([f"img:{item.content_hash}" for item in todo], both[0])
+        caches.features.put_many([f"rr:{item.content_hash}" for item in todo], both[1])  # type: ignore[union-attr]
+        summary.embedded += len(todo)
+        feats = []
+    elif todo:
         vectors = embedder.embed_pixels([item.pixels for item in todo])
         caches.vectors.put_many([f"img:{item.content_hash}" for item in todo], vectors)
         summary.embedded += len(todo)
     if caches.features is not None:
-        feats = [item for item in decoded if f"rr:{item.content_hash}" not in caches.features]
         if feats:
             pixels = [item.rerank_pixels if item.rerank_pixels is not None else item.pixels for item in feats]
             caches.features.put_many([f"rr:{item.content_hash}" for item in feats], embedder.rerank_features(pixels))

@@ -32,6 +32,23 @@ class Embedder:
         self.items += len(texts)
         return self.encoder.encode_texts(texts)
 
+    def embed_pixels_with_features(self, pixels: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
+        """CLIP vectors and the bundled reranker's features from one vision pass, when it reads this CLIP."""
+        import torch
+
+        from catalens.itm import clip_image_embeddings_and_tokens
+
+        if getattr(self.reranker, "clip", None) is not self.encoder:
+            return None
+        with torch.inference_mode():
+            both = clip_image_embeddings_and_tokens(self.encoder.model, torch.stack(pixels).to(self.encoder.device))
+        if both is None:
+            return None
+        self.calls += 1
+        self.items += len(pixels)
+        vectors, tokens = both
+        return vectors.float().cpu().numpy(), tokens.to(torch.float16).cpu().numpy()
+
     def rerank_features(self, pixels: list[Any]) -> np.ndarray:
         """The reranker's stored image features (fp16), from its own preprocessed pixels."""
         import torch

@@ -96,6 +96,7 @@ class FacetsOut(BaseModel):
     brand: list[FacetValue]
     price: PriceRange
     index_version: str | None
+    reranker: str | None = Field(default=None, description="the second stage this server runs, if any")
 
 
 class ErrorBody(BaseModel):

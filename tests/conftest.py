@@ -59,24 +59,34 @@ def encoder():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
-def sample_index(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory, encoder) -> SampleIndex:  # type: ignore[no-untyped-def]
+def reranker(encoder):  # type: ignore[no-untyped-def]
+    """The bundled ITM reranker on the same loaded CLIP."""
+    from catalens.reranker import load_reranker
+
+    return load_reranker("catalens-itm", clip=encoder)
+
+
+@pytest.fixture(scope="session")
+def sample_index(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory, encoder, reranker) -> SampleIndex:  # type: ignore[no-untyped-def]
     from catalens.config import Settings
     from indexer.builder import BuildOptions, build_index
+    from indexer.embedder import Embedder
 
     index_dir = tmp_path_factory.mktemp("index")
     settings = Settings(index_dir=index_dir, threads=1)
-    build_index(settings, BuildOptions(catalog=sample_dir / "catalog.csv", progress=False), encoder=encoder)
+    build_index(settings, BuildOptions(catalog=sample_dir / "catalog.csv", progress=False), encoder=encoder,
+                embedder=Embedder(encoder, reranker=reranker))
     return SampleIndex(sample_dir, index_dir)
 
 
 @pytest.fixture(scope="session")
-def searcher(sample_index: SampleIndex, encoder):  # type: ignore[no-untyped-def]
+def searcher(sample_index: SampleIndex, encoder, reranker):  # type: ignore[no-untyped-def]
     from catalens.config import Settings
     from catalens.db import create_db_engine, create_session_factory
     from retrieval.searcher import Searcher
 
     settings = Settings(index_dir=sample_index.index_dir, threads=1)
-    s = Searcher(settings, create_session_factory(create_db_engine(settings.db_url)), encoder)
+    s = Searcher(settings, create_session_factory(create_db_engine(settings.db_url)), encoder, reranker=reranker)
     s.reload()
     return s
 

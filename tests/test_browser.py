@@ -235,6 +235,24 @@ def test_filters_are_honoured(page, sample_index: SampleIndex) -> None:  # type:
     shot(page, "filter-empty")
 
 
+def test_rerank_toggle_reranks_and_says_so(page, sample_index: SampleIndex) -> None:  # type: ignore[no-untyped-def]
+    row = next(r for r in sample_index.rows() if r["pattern"] == "striped")
+    query = f"{row['main_colour']} {row['category']} with {row['secondary_colour']} stripes"
+    plain = text_search(page, query)
+    assert page.is_visible("#rerank-toggle") and not page.is_visible("#reranked")
+    assert all("rerankScore" not in c for c in plain)
+    before = seq(page)
+    page.check("#rerank")
+    assert wait_search(page, before) == "done"
+    reranked = cards(page)
+    assert page.is_visible("#reranked")
+    assert reranked and all(0 <= float(c["rerankScore"]) <= 1 for c in reranked)
+    scores = [float(c["score"]) for c in reranked]
+    assert scores == sorted(scores, reverse=True)
+    wait_images(page, min(4, len(reranked)))
+    shot(page, "rerank")
+
+
 def test_more_like_this(page) -> None:  # type: ignore[no-untyped-def]
     found = text_search(page, "blue vase")
     source = found[0]["productId"]

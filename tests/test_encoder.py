@@ -60,3 +60,18 @@ def test_local_checkpoint_file_loads_through_the_same_loader(tmp_path: Path, enc
     other = load_clip(ModelSpec("catalens-demo", str(tmp_path / "ckpt.safetensors")))
     assert (BUNDLED_DIR / "catalens-demo").is_dir()
     assert np.allclose(other.encode_texts(["red mug"]), encoder.encode_texts(["red mug"]), atol=1e-5)
+
+
+def test_one_vision_pass_gives_the_clip_embedding_and_the_reranker_tokens(encoder) -> None:  # type: ignore[no-untyped-def]
+    import torch
+    from PIL import Image
+
+    from catalens.itm import clip_image_embeddings_and_tokens, clip_image_tokens
+
+    pixels = encoder.preprocess_images([Image.new("RGB", (80, 60), c) for c in ((200, 20, 20), (20, 20, 200))])
+    both = clip_image_embeddings_and_tokens(encoder.model, pixels)
+    assert both is not None
+    with torch.inference_mode():
+        tokens = clip_image_tokens(encoder.model, pixels)
+    assert np.allclose(both[0].detach().numpy(), encoder.encode_pixels(pixels), atol=1e-5)
+    assert torch.allclose(both[1], tokens, atol=1e-5)

@@ -20,8 +20,30 @@ def test_training_smoke_run_learns_and_its_weights_load(tmp_path: Path) -> None:
     losses = [h["loss"] for h in metrics["loss_history"]]
     assert losses[-1] < losses[0] - 0.3, losses
     assert (out / "train.log").read_text().count("step") >= 2
+    assert "## Metrics" in (out / "MODEL_CARD.md").read_text()
     assert (out / "model.safetensors").stat().st_size < 25 * 1024 * 1024
 
     encoder = load_clip(ModelSpec(str(out)))  # a training output folder is a loadable model
     vec = encoder.encode_texts(["red striped mug"])
     assert vec.shape == (1, 128) and np.isclose(np.linalg.norm(vec), 1.0, atol=1e-4)
+
+
+def test_reranker_training_smoke_run_learns_and_its_weights_load(tmp_path: Path) -> None:
+    from catalens.reranker import load_reranker
+
+    out = tmp_path / "itm"
+    result = run_cli("train-model", "--kind", "itm", "--out", str(out), "--steps", "40", "--batch-size", "32",
+                     "--warmup", "3", "--n-images", "200", "--eval-products", "0", "--threads", "1", timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    losses = [h["loss"] for h in metrics["loss_history"]]
+    assert losses[-1] < losses[0], losses
+    assert (out / "MODEL_CARD.md").is_file() and (out / "itm.safetensors").stat().st_size < 5 * 1024 * 1024
+
+    reranker = load_reranker(str(out))
+    import torch
+    from PIL import Image
+
+    pixels = torch.stack([reranker.preprocess(Image.new("RGB", (64, 64), (200, 30, 30)))] * 3)
+    scores = reranker.score("red mug", reranker.image_features(pixels))
+    assert scores.shape == (3,) and np.all((scores >= 0) & (scores <= 1))

@@ -207,6 +207,12 @@ def _encode_images(model, pixels, batch: int = 256):
                       for i in range(0, len(pixels), batch)])
 
 
+def plain_args(args: argparse.Namespace) -> dict:
+    """The run's arguments as JSON-safe values, recorded beside the weights."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+            if isinstance(v, (int, float, str, bool, Path))}
+
+
 # --- main --------------------------------------------------------------------------------
 
 
@@ -286,7 +292,7 @@ def train(args: argparse.Namespace) -> dict:
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(args.out / "model.safetensors"), metadata={"format": "pt", "model": name})
     shutil.copy(args.config, args.out / f"{name}.json")
-    summary = {"model": name, "steps": args.steps, "batch_size": args.batch_size,
+    summary = {"args": plain_args(args), "model": name, "steps": args.steps, "batch_size": args.batch_size,
                "train_seconds": round(train_s, 1), "threads": args.threads, "seed": args.seed,
                "eval_seed": EVAL_SEED, "eval_products": args.eval_products, "metrics": metrics,
                "loss_history": history}
@@ -296,12 +302,17 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Train what --kind asks for."""
+    """Train what --kind asks for, then write its model card beside the weights."""
+    from training.write_model_card import write_model_card
+
     if args.kind == "itm":
         from training.train_itm import train_itm
 
-        return train_itm(args)
-    return train(args)
+        summary = train_itm(args)
+    else:
+        summary = train(args)
+    write_model_card(args.out)
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Write MODEL_CARD.md for a trained model folder from its metrics.json (run after training)."""
+"""Write MODEL_CARD.md for a trained model folder from its metrics.json and config (run after training)."""
 
 from __future__ import annotations
 
@@ -6,23 +6,28 @@ import json
 import sys
 from pathlib import Path
 
-TEMPLATE = """# {name}
+CLIP_TEMPLATE = """# {name}
 
 A small CLIP trained from scratch by Catalens, on CPU, on the procedurally generated product
 world of `catalens sample` (`catalens/world.py`). It ships inside the package so that the
 demo, the tests and the benchmarks run with no model hub.
 
 ## What it is
-- open_clip `CLIP`, config `{name}.json`: vision ViT 64 px, patch 8 (64 patch tokens), width 128,
-  4 layers; text transformer context 24, width 128, 3 layers, open_clip's BPE tokenizer
-  (vocabulary 49,408); 128-d embeddings; {params:.1f} M parameters; fp16 safetensors ({size_mb:.1f} MB).
+- open_clip `CLIP`, config `{name}.json`: vision ViT {image_size} px, patch {patch} ({tokens} patch
+  tokens), width {vwidth}, {vlayers} layers; text transformer context {context}, width {twidth},
+  {tlayers} layers, open_clip's BPE tokenizer (vocabulary {vocab:,}); {embed}-d embeddings;
+  {params:.1f} M parameters; fp16 safetensors ({size_mb:.1f} MB).
 - Trained with open_clip's `ClipLoss` for {steps} steps of batch {batch} ({train_min:.0f} min on
-  {threads} CPU threads), AdamW lr 1e-3, betas (0.9, 0.98), weight decay 0.1 off biases, norms and
-  embeddings, 50 warm-up steps then cosine, grad clip 1.0, logit scale capped at 100; seed {seed}.
-- Data: 30,000 rendered products (12 categories, 13 colours, 4 patterns, a secondary colour,
-  jitter, noise, JPEG round trip), about a third of them as colour-swapped twin pairs so that
-  batches hold hard negatives; captions drawn each step from query-like, colour-role and
-  title-like templates with synonyms. `train.log` and `metrics.json` are beside the weights.
+  {threads} CPU threads), AdamW lr {lr}, betas (0.9, 0.98), weight decay 0.1 off biases, norms
+  and embeddings, {warmup} warm-up steps then cosine, grad clip 1.0, logit scale capped at 100;
+  seed {seed}.
+- Data: {n_images:,} rendered product specs, two renders each (12 categories, 13 colours,
+  4 patterns, a secondary colour, jitter, noise, JPEG round trip), drawn in families of hard
+  negatives (the colour-swapped twin, another pattern, another main or secondary colour) so
+  that batches must tell them apart. Loss: image-text `ClipLoss` for both renders plus
+  {image_w} x an image-image `ClipLoss` between the two renders (image queries). Captions are
+  drawn each step from query-like, colour-role and title-like templates with synonyms.
+  `train.log` and `metrics.json` are beside the weights.
 
 ## Metrics
 On a held-out generated catalog of {eval_n} products (seed {eval_seed}, never used in training),
@@ -38,36 +43,96 @@ It knows only the generated world: twelve flat, outlined product shapes (t-shirt
 bag, lamp, chair, bottle, hat, watch, sofa, vase, table), thirteen colours and four patterns.
 It has never seen a photograph and its text tower has only seen template captions; on real
 products its embeddings are meaningless. Attribute binding (which colour is the main one) is
-weak, as for any CLIP: the colour-swap set shows it. Use a real open_clip model for real
-catalogs (see the README).
+weak, as for any CLIP: the colour-swap set shows it, and the bundled reranker
+(`catalens-itm`) is what fixes it. Use a real open_clip model for real catalogs (see the README).
+"""
+
+ITM_TEMPLATE = """# {name}
+
+The bundled second-stage reranker: a small image-text matching (ITM) head that reads a query
+against a candidate image with cross-attention, trained by Catalens on CPU on the generated
+product world. It sits on the frozen `{base}` CLIP: the CLIP's text tower gives the query's
+per-token states, its vision tower gives the image's patch tokens (stored per image at index
+time, fp16), and {layers} blocks of [text self-attention, text-to-image cross-attention, MLP]
+(width {width}) end in a binary match head.
+
+## Training
+- {steps} steps, {n_images:,} rendered specs in families of hard negatives (the colour-swapped
+  twin, another pattern, another main or secondary colour); every caption is scored against
+  every image of its family plus one random image, labelled a match when every attribute the
+  caption names agrees with the image; binary cross-entropy with positives re-weighted.
+  {train_min:.1f} min on {threads} CPU threads; seed {seed}. {params:.2f} M parameters,
+  fp16 safetensors ({size_kb:.0f} KB).
+
+## Metrics
+Reranking the CLIP's top 20 on the held-out catalog ({eval_n} products, seed {eval_seed}):
+
+| query set | CLIP R@1 | reranked R@1 | CLIP R@10 | reranked R@10 |
+|---|---|---|---|---|
+{rows}
+
+## What it cannot do
+It knows only the generated world and only the `{base}` CLIP's features; with another
+retrieval model it still needs `{base}` to compute its own features (the indexer does so).
+It does not write captions (use a CoCa reranker for `index build --caption`).
 """
 
 
 def write_model_card(folder: Path) -> Path:
+    """Render the card for a CLIP or ITM training output folder."""
     summary = json.loads((folder / "metrics.json").read_text())
-    name = summary["model"]
-    rows = "\n".join(
-        f"| {k} | {m['n']} | {m['recall@1']:.3f} | {m['recall@5']:.3f} | {m['recall@10']:.3f} | "
-        f"{m['mrr']:.3f} | {m['ndcg@10']:.3f} |" for k, m in summary["metrics"].items())
-    weights = folder / "model.safetensors"
-    from safetensors import safe_open
-
-    with safe_open(str(weights), "pt") as fh:
-        params = sum(_prod(fh.get_slice(k).get_shape()) for k in fh.keys())
-    text = TEMPLATE.format(name=name, params=params / 1e6, size_mb=weights.stat().st_size / 1e6,
-                           steps=summary["steps"], batch=summary["batch_size"],
-                           train_min=summary["train_seconds"] / 60, threads=summary["threads"],
-                           seed=summary["seed"], eval_n=summary["eval_products"],
-                           eval_seed=summary["eval_seed"], rows=rows)
+    text = _itm_card(folder, summary) if summary["model"] == "itm" else _clip_card(folder, summary)
     out = folder / "MODEL_CARD.md"
     out.write_text(text)
     return out
 
 
-def _prod(shape: list[int]) -> int:
-    total = 1
-    for dim in shape:
-        total *= dim
+def _clip_card(folder: Path, summary: dict) -> str:
+    name = summary["model"]
+    config = json.loads((folder / f"{name}.json").read_text())
+    vision, text = config["vision_cfg"], config["text_cfg"]
+    rows = "\n".join(
+        f"| {k} | {m['n']} | {m['recall@1']:.3f} | {m['recall@5']:.3f} | {m['recall@10']:.3f} | "
+        f"{m['mrr']:.3f} | {m['ndcg@10']:.3f} |" for k, m in summary["metrics"].items())
+    weights = folder / "model.safetensors"
+    args = summary.get("args", {})
+    return CLIP_TEMPLATE.format(
+        name=name, image_size=vision["image_size"], patch=vision["patch_size"],
+        tokens=(vision["image_size"] // vision["patch_size"]) ** 2, vwidth=vision["width"], vlayers=vision["layers"],
+        context=text["context_length"], twidth=text["width"], tlayers=text["layers"], vocab=text["vocab_size"],
+        embed=config["embed_dim"], params=_params(weights) / 1e6, size_mb=weights.stat().st_size / 1e6,
+        steps=summary["steps"], batch=summary["batch_size"], train_min=summary["train_seconds"] / 60,
+        threads=summary["threads"], lr=args.get("lr", 1e-3), warmup=args.get("warmup", 50),
+        seed=summary["seed"], n_images=args.get("n_images", 0), image_w=args.get("image_loss_weight", 0.5),
+        eval_n=summary["eval_products"], eval_seed=summary["eval_seed"], rows=rows)
+
+
+def _itm_card(folder: Path, summary: dict) -> str:
+    from catalens.itm import ITM_WEIGHTS, ItmConfig
+
+    config = ItmConfig.load(folder)
+    rows = "\n".join(
+        f"| {k} | {m['clip']['recall@1']:.3f} | {m['reranked']['recall@1']:.3f} | {m['clip']['recall@10']:.3f} | "
+        f"{m['reranked']['recall@10']:.3f} |" for k, m in summary["metrics"].items())
+    weights = folder / ITM_WEIGHTS
+    args = summary.get("args", {})
+    return ITM_TEMPLATE.format(
+        name=folder.name, base=config.base_model, layers=config.layers, width=config.width, steps=summary["steps"],
+        n_images=args.get("n_images", 0), train_min=summary["train_seconds"] / 60, threads=summary["threads"],
+        seed=summary["seed"], params=_params(weights) / 1e6, size_kb=weights.stat().st_size / 1e3,
+        eval_n=summary["eval_products"], eval_seed=summary["eval_seed"], rows=rows)
+
+
+def _params(weights: Path) -> int:
+    from safetensors import safe_open
+
+    total = 0
+    with safe_open(str(weights), "pt") as fh:
+        for key in fh.keys():
+            count = 1
+            for dim in fh.get_slice(key).get_shape():
+                count *= dim
+            total += count
     return total
 
 

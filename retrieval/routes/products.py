@@ -70,4 +70,5 @@ def product_image(product_id: str, searcher: SearcherDep, settings: SettingsDep,
 @router.get("/facets", response_model=FacetsOut)
 def facets(searcher: SearcherDep) -> FacetsOut:
     """Filter values with product counts: categories, brands and the price range."""
-    return FacetsOut(**searcher.facets(), index_version=searcher.current_version)
+    reranker = searcher.reranker.reranker_id if searcher.reranker else None
+    return FacetsOut(**searcher.facets(), index_version=searcher.current_version, reranker=reranker)

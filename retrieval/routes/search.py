@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from catalens.errors import InvalidInputError
 from catalens.images import decode_image
 from retrieval.deps import SearcherDep, SettingsDep
-from retrieval.schemas import MAX_K, ErrorOut, FiltersIn, SearchOut, TextSearchIn, result_from_hit
+from retrieval.schemas import MAX_K, MAX_RERANK_TOP_N, ErrorOut, FiltersIn, SearchOut, TextSearchIn, result_from_hit
 from retrieval.searcher import Filters, SearchOutcome
 
 router = APIRouter(prefix="/v1/search", tags=["search"])
@@ -42,8 +42,11 @@ def search_text(body: TextSearchIn, searcher: SearcherDep) -> SearchOut:
 async def search_image(searcher: SearcherDep, settings: SettingsDep,
                        file: Annotated[UploadFile, File(description="a JPEG, PNG, WEBP or GIF image")],
                        k: Annotated[int, Form(ge=1, le=MAX_K)] = 10,
-                       filters: Annotated[str | None, Form(description="filters as JSON")] = None) -> SearchOut:
-    """Find products that look like an uploaded image."""
+                       filters: Annotated[str | None, Form(description="filters as JSON")] = None,
+                       rerank: Annotated[bool, Form(description="reorder the top candidates by patch-token "
+                                                                "matching")] = False,
+                       rerank_top_n: Annotated[int, Form(ge=1, le=MAX_RERANK_TOP_N)] = 20) -> SearchOut:
+    """Find products that look like an uploaded image, optionally reranked."""
     started = time.perf_counter()
     parsed = parse_filters_json(filters)
     data = await file.read(settings.max_upload_bytes + 1)
@@ -52,7 +55,8 @@ async def search_image(searcher: SearcherDep, settings: SettingsDep,
 
         raise PayloadTooLargeError(f"upload is larger than {settings.max_upload_bytes:,} bytes")
     image = await run_in_threadpool(decode_image, data, max_pixels=settings.max_image_pixels)
-    outcome = await run_in_threadpool(searcher.search_image, image, k, to_filters(parsed))
+    outcome = await run_in_threadpool(searcher.search_image, image, k, to_filters(parsed), rerank=rerank,
+                                      rerank_top_n=rerank_top_n)
     return to_response(outcome, started)
 
 

@@ -26,6 +26,7 @@
     priceHint: $("#price-hint"),
     clearFilters: $("#clear-filters"),
     rerank: $("#rerank"),
+    rerankToggle: $("#rerank-toggle"),
     k: $("#k"),
     context: $("#context"),
     status: $("#status"),
@@ -260,6 +261,7 @@
         el.priceHint.textContent = el.priceHint.dataset.range;
       }
       setIndexVersion(facets.index_version);
+      el.rerankToggle.hidden = !facets.reranker;
       renderSuggestions(facets);
       if (!facets.index_version && !query) {
         showMessage("info", "No index is published yet",
@@ -403,6 +405,10 @@
     history.replaceState(null, "", url);
   }
 
+  function rerankOn() {
+    return !el.rerankToggle.hidden && el.rerank.checked;
+  }
+
   async function search() {
     if (!query) return;
     const filters = currentFilters();
@@ -424,12 +430,13 @@
     if (query.kind === "text") {
       path = "/v1/search/text";
       init = { ...init, method: "POST", headers: { "Content-Type": "application/json", Accept: "application/json" },
-        body: JSON.stringify({ query: query.text, k, filters: fbody }) };
+        body: JSON.stringify({ query: query.text, k, filters: fbody, rerank: rerankOn() }) };
     } else if (query.kind === "image") {
       const form = new FormData();
       form.append("file", query.file, query.file.name || "pasted-image");
       form.append("k", String(k));
       form.append("filters", JSON.stringify(fbody));
+      form.append("rerank", String(rerankOn()));
       path = "/v1/search/image";
       init = { ...init, method: "POST", body: form };
       context = "upload";
@@ -484,7 +491,9 @@
       h("span", { class: "status-sep", "aria-hidden": "true" }, "·"),
       h("span", { class: "status-took", id: "took-ms" }, took),
       h("span", { class: "status-sep", "aria-hidden": "true" }, "·"),
-      h("span", { class: "status-version" }, "index ", h("code", {}, data.index_version || "—")));
+      h("span", { class: "status-version" }, "index ", h("code", {}, data.index_version || "—")),
+      ...(data.reranked ? [h("span", { class: "status-sep", "aria-hidden": "true" }, "·"),
+        h("span", { class: "status-reranked", id: "reranked" }, "reranked")] : []));
     el.results.replaceChildren(...results.map(renderCard));
     if (n === 0) {
       const f = filtersBody(currentFilters());
@@ -530,6 +539,10 @@
     const score = $(".card-score", card);
     score.textContent = Number(r.score).toFixed(3);
     score.setAttribute("aria-label", `score ${Number(r.score).toFixed(3)}`);
+    if (r.rerank_score !== null && r.rerank_score !== undefined) {
+      card.dataset.rerankScore = String(r.rerank_score);
+      score.title = `match ${Number(r.rerank_score).toFixed(3)} · similarity ${Number(r.first_stage_score).toFixed(3)}`;
+    }
     const more = $(".more-like-this", card);
     more.setAttribute("aria-label", `More like ${r.title}`);
     more.addEventListener("click", (event) => {
@@ -650,6 +663,7 @@
   el.chipClear.addEventListener("click", clearQuery);
   el.chipImg.addEventListener("error", () => el.chipImg.classList.add("broken"));
 
+  el.rerank.addEventListener("change", rerun);
   el.facetCategory.addEventListener("change", rerun);
   el.facetBrand.addEventListener("change", rerun);
   let priceTimer = 0;
