@@ -214,6 +214,28 @@ def catalog_images(catalog: Path) -> list[Path]:
         return [catalog.parent / rel for row in csv.DictReader(fh) for rel in row["image"].split("|") if rel]
 
 
+def with_random_weights(args: argparse.Namespace, settings: Settings) -> Settings:
+    """An open_clip name without --pretrained: save one random init to a file both processes load.
+
+    The build and the `catalens serve` subprocess then run the same weights (timing only;
+    a random CLIP's results mean nothing).
+    """
+    from catalens.encoder import BUNDLED_DIR
+
+    if settings.pretrained or (BUNDLED_DIR / settings.model).is_dir() or Path(settings.model).exists():
+        return settings
+    import open_clip
+    import torch
+
+    path = work_dir(args) / f"random-{model_slug(settings.model)}.pt"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(0)
+        torch.save(open_clip.create_model(settings.model).state_dict(), path)
+    log(args, f"{settings.model} has no --pretrained: using random weights saved in {path} (timing only)")
+    return settings.model_copy(update={"pretrained": str(path)})
+
+
 def _load_encoder(settings: Settings):  # type: ignore[no-untyped-def]
     from catalens.encoder import ModelSpec, load_clip
 
@@ -647,6 +669,7 @@ def ensure_query_index(args: argparse.Namespace, settings: Settings, catalog: Pa
 def cmd_bench_query(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
+    settings = with_random_weights(args, settings)
     threads = settings.torch_threads()
     server_threads = args.server_threads or threads
     set_threads(threads)
@@ -1027,6 +1050,122 @@ def plot_ann(data: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+# --- bench rerank --------------------------------------------------------------------------
+
+
+def random_hub_reranker(name: str):  # type: ignore[no-untyped-def]
+    """A hub reranker's real architecture with random weights (timing only: no hub here)."""
+    import open_clip
+
+    if name.startswith("coca:"):
+        from catalens.reranker_hub import CocaReranker
+
+        model = name.removeprefix("coca:").partition("@")[0]
+        net = open_clip.create_model(model).eval()
+        return CocaReranker(net, open_clip.get_tokenizer(model),
+                            open_clip.image_transform(net.visual.image_size, is_train=False), "cpu",
+                            f"{name} (random init)")
+    if name.startswith("blip:"):
+        from transformers import (
+            BertTokenizerFast,
+            BlipConfig,
+            BlipForImageTextRetrieval,
+            BlipImageProcessor,
+            BlipProcessor,
+        )
+
+        from catalens.reranker_hub import BlipItmReranker
+
+        words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]", "[ENC]", "red", "blue", "mug", "with", "dots"]
+        with tempfile.TemporaryDirectory() as tmp:
+            vocab = Path(tmp) / "vocab.txt"
+            vocab.write_text("\n".join(words))
+            tokenizer = BertTokenizerFast(vocab_file=str(vocab))
+        config = BlipConfig()  # the base architecture (ViT-B/16 at 384 px, BERT-base text encoder)
+        processor = BlipProcessor(BlipImageProcessor(size={"height": config.vision_config.image_size,
+                                                           "width": config.vision_config.image_size}), tokenizer)
+        return BlipItmReranker(BlipForImageTextRetrieval(config).eval(), processor, "cpu", f"{name} (random init)")
+    raise BenchError(f"--random-init applies to blip:... and coca:... rerankers, not {name!r}")
+
+
+def cmd_bench_rerank(args: argparse.Namespace, settings: Settings) -> int:
+    """Index-time feature cost and query-time scoring latency of a reranker for top_n candidates."""
+    import torch
+
+    from catalens import world
+    from catalens.reranker import load_reranker
+
+    threads = settings.torch_threads()
+    set_threads(threads)
+    name = args.reranker or settings.reranker
+    log(args, f"loading reranker {name}{' (random init)' if args.random_init else ''}; {threads} torch threads")
+    reranker = random_hub_reranker(name) if args.random_init else load_reranker(name)
+    if reranker is None:
+        raise BenchError("no reranker to measure (--reranker none)")
+    rng = random.Random(args.seed)
+    images = [world.render_product(world.random_spec(rng), rng.getrandbits(31)) for _ in range(args.top_n)]
+    pixels = torch.stack([reranker.preprocess(img) for img in images])
+    reranker.image_features(pixels[:1])  # warm-up
+    t0 = time.perf_counter()
+    features = reranker.image_features(pixels)
+    feature_ms = (time.perf_counter() - t0) * 1000 / len(images)
+    specs = [spec for spec in (world.random_spec(rng) for _ in range(64)) if spec.secondary][:8]
+    queries = [world.swap_query(spec, rng) for spec in specs]
+    reranker.score(queries[0], features)  # warm-up
+    latencies = []
+    deadline = time.perf_counter() + args.duration
+    i = 0
+    while time.perf_counter() < deadline or len(latencies) < 5:
+        t0 = time.perf_counter()
+        reranker.score(queries[i % len(queries)], features)
+        latencies.append((time.perf_counter() - t0) * 1000)
+        i += 1
+    lat = np.array(latencies)
+    data: dict[str, Any] = {
+        "bench": "rerank",
+        "reranker": reranker.reranker_id,
+        "random_init": args.random_init,
+        "top_n": args.top_n,
+        "score_p50_ms": round(float(np.percentile(lat, 50)), 2),
+        "score_p95_ms": round(float(np.percentile(lat, 95)), 2),
+        "pairs_per_s": round(args.top_n / (float(np.percentile(lat, 50)) / 1000), 1),
+        "feature_ms_per_image": round(feature_ms, 2),
+        "feature_bytes_per_image": int(features[0].nbytes),
+        "feature_shape": list(features.shape[1:]),
+        "runs": len(latencies),
+        "torch_threads": threads,
+        "definitions": {
+            "score_p50_ms": "one query against top_n candidates' stored features, one batched forward pass",
+            "feature_ms_per_image": "index-time cost of the stored image features, batch of top_n",
+        },
+        "machine": machine_info(),
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    slug = model_slug(name.replace(":", "-").replace("@", "-"))
+    write_result(args, f"rerank-{slug}-top{args.top_n}", data, plot_rerank)
+    text = (f"bench rerank: {reranker.reranker_id}, top {args.top_n}, {threads} threads\n"
+            f"  score    p50 {data['score_p50_ms']:.1f} ms  p95 {data['score_p95_ms']:.1f} ms  "
+            f"({data['pairs_per_s']:.0f} pairs/s)\n"
+            f"  features {feature_ms:.1f} ms/image at index time, {data['feature_bytes_per_image']:,} bytes/image "
+            f"(fp16 {tuple(features.shape[1:])})\nwrote {data['files']}")
+    print_result(args, data, text)
+    return 0
+
+
+def plot_rerank(data: dict[str, Any], path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    values = [data["score_p50_ms"], data["score_p95_ms"], data["feature_ms_per_image"] * data["top_n"]]
+    ax.barh(["score p50", "score p95", f"features x{data['top_n']}\n(index time)"], values, color="#4f46e5")
+    for y, v in enumerate(values):
+        ax.text(v, y, f" {v:.1f} ms", va="center", fontsize=8)
+    ax.set_xlabel("milliseconds")
+    ax.set_title(f"{data['reranker'][:60]}\ntop {data['top_n']} - {_machine_line(data)}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 # --- parser --------------------------------------------------------------------------------
 
 
@@ -1087,6 +1226,15 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("--server-timeout", type=float, default=180.0, help="seconds to wait for /readyz")
     _common(p, model=True)
     p.set_defaults(handler=cmd_bench_query)
+
+    p = kinds.add_parser("rerank", help="reranker cost: query-time scoring of top_n candidates, index-time features")
+    p.add_argument("--reranker", default=None, help="catalens-itm (default), blip:<id>, coca:<model>@<pretrained>")
+    p.add_argument("--random-init", action="store_true",
+                   help="blip:/coca: only: the real architecture with random weights (no hub needed; timing only)")
+    p.add_argument("--top-n", type=int, default=20, help="candidates per query")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds of repeated scoring")
+    _common(p, model=False)
+    p.set_defaults(handler=cmd_bench_rerank)
 
     p = kinds.add_parser("ann", help="FAISS recall@10 / QPS / build time / bytes per vector on synthetic vectors")
     p.add_argument("--n", type=int, default=1_000_000)

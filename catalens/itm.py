@@ -30,6 +30,7 @@ class ItmConfig:
     width: int = 128
     layers: int = 2
     heads: int = 4
+    token_layer: int = -1  # image tokens after this many ViT blocks (0: patch embeddings); -1: final, normed
 
     def save(self, folder: Path) -> None:
         (folder / ITM_CONFIG).write_text(json.dumps(asdict(self), indent=2))
@@ -95,15 +96,30 @@ def clip_text_states(model: Any, tokens: torch.Tensor) -> tuple[torch.Tensor, to
     return x, pad
 
 
-def clip_image_tokens(model: Any, pixels: torch.Tensor) -> torch.Tensor:
-    """Patch tokens (class token first) of an open_clip ViT after its final norm: (N, T, width)."""
+def _vit_blocks(model: Any, pixels: torch.Tensor, token_layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(tokens after `token_layer` blocks, or the final normed tokens if -1; final normed tokens)."""
     visual = model.visual
-    x = visual.transformer(visual._embeds(pixels))
-    return visual.ln_post(x)
+    x = visual._embeds(pixels)
+    blocks = visual.transformer.resblocks
+    if not visual.transformer.batch_first:
+        raise ValueError("expected a batch-first open_clip ViT")
+    taken = x if token_layer == 0 else None
+    for i, block in enumerate(blocks, start=1):
+        x = block(x)
+        if i == token_layer:
+            taken = x
+    final = visual.ln_post(x)
+    return (final if taken is None else taken), final
 
 
-def clip_image_embeddings_and_tokens(model: Any, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """One vision pass giving both the normalised CLIP embedding and the patch tokens.
+def clip_image_tokens(model: Any, pixels: torch.Tensor, token_layer: int = -1) -> torch.Tensor:
+    """Image tokens (class token first) of an open_clip ViT: (N, T, width)."""
+    return _vit_blocks(model, pixels, token_layer)[0]
+
+
+def clip_image_embeddings_and_tokens(model: Any, pixels: torch.Tensor,
+                                     token_layer: int = -1) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """One vision pass giving both the normalised CLIP embedding and the reranker's tokens.
 
     Exact for a ViT with class-token pooling and the norm before pooling (the bundled model);
     None for other towers, which then take two passes.
@@ -112,6 +128,6 @@ def clip_image_embeddings_and_tokens(model: Any, pixels: torch.Tensor) -> tuple[
     if (getattr(visual, "pool_type", None) != "tok" or getattr(visual, "attn_pool", None) is not None
             or getattr(visual, "final_ln_after_pool", False) or getattr(visual, "proj", None) is None):
         return None
-    tokens = clip_image_tokens(model, pixels)
-    pooled = tokens[:, 0] @ visual.proj
+    tokens, final = _vit_blocks(model, pixels, token_layer)
+    pooled = final[:, 0] @ visual.proj
     return torch.nn.functional.normalize(pooled, dim=-1), tokens

@@ -65,7 +65,8 @@ class BundledItmReranker:
         from catalens.itm import clip_image_tokens
 
         with torch.inference_mode():
-            return clip_image_tokens(self.clip.model, pixels.to(self.clip.device)).to(torch.float16).cpu().numpy()
+            tokens = clip_image_tokens(self.clip.model, pixels.to(self.clip.device), self.head.config.token_layer)
+        return tokens.to(torch.float16).cpu().numpy()
 
     def score(self, query: str, features: np.ndarray) -> np.ndarray:
         import torch

@@ -103,7 +103,7 @@ class CocaReranker:
         return tokens.to(torch.float16).cpu().numpy()
 
     def score(self, query: str, features: np.ndarray) -> np.ndarray:
-        """exp(mean log P(token | image, previous tokens)) over the query's tokens, in (0, 1]."""
+        """exp(mean log P(token | image, previous tokens)) over the query's tokens, in [0, 1]."""
         import torch
 
         if not len(features):
@@ -118,8 +118,8 @@ class CocaReranker:
             out = self.model(None, tokens, image_latent=latent, image_embs=embs)
             logp = torch.log_softmax(out["logits"].float(), dim=-1)
             token_logp = logp.gather(-1, out["labels"].unsqueeze(-1)).squeeze(-1)
-            mean = token_logp.mean(dim=-1)
-        return torch.exp(mean).cpu().numpy()
+            mean = token_logp.double().mean(dim=-1)
+        return torch.exp(mean).float().cpu().numpy()  # can underflow to 0 for a very unlikely query
 
     def caption(self, pixels: Any) -> list[str]:
         """Greedy decoding through the model's own forward (CoCa.generate needs transformers)."""

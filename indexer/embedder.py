@@ -41,7 +41,8 @@ class Embedder:
         if getattr(self.reranker, "clip", None) is not self.encoder:
             return None
         with torch.inference_mode():
-            both = clip_image_embeddings_and_tokens(self.encoder.model, torch.stack(pixels).to(self.encoder.device))
+            both = clip_image_embeddings_and_tokens(self.encoder.model, torch.stack(pixels).to(self.encoder.device),
+                                                    self.reranker.head.config.token_layer)
         if both is None:
             return None
         self.calls += 1

@@ -56,13 +56,17 @@ def _republish(settings: Settings, sessions, manifest: artifacts.Manifest, *,  #
     """A new version from the DB + embedding cache alone (no model), recorded like a build."""
     spec = ModelSpec(manifest.model, manifest.pretrained)
     cache = EmbeddingCache(settings.index_dir / "embeddings", manifest.model_id)
+    # The reranker features carry over from the cache they were written to (no model runs here).
+    features = EmbeddingCache(settings.index_dir / "features", manifest.reranker, dtype=np.float16) \
+        if manifest.reranker else None
     version_id = artifacts.new_version_id()
     with sessions.begin() as session:
         session.add(IndexVersion(version_id=version_id, status="building", model=manifest.model_id,
                                  catalog=manifest.catalog, catalog_checksum=manifest.catalog_checksum))
     try:
         new = write_version(settings, sessions, cache, spec, manifest.dim, manifest.model_id, version_id=version_id,
-                            catalog=manifest.catalog, checksum=manifest.catalog_checksum, factory=manifest.factory)
+                            catalog=manifest.catalog, checksum=manifest.catalog_checksum, factory=manifest.factory,
+                            features=features)
         artifacts.promote_staging(settings.index_dir, version_id)
         artifacts.set_active(settings.index_dir, version_id)
         artifacts.prune_versions(settings.index_dir, keep)

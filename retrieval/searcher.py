@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -119,25 +120,14 @@ def load_snapshot(settings: Settings, sessions: sessionmaker[Session], encoder: 
     return Snapshot(manifest, images, texts, owner, vectors_of, rerank)
 
 
-@dataclass(frozen=True)
-class ImageQuery:
-    """An uploaded image as a rerank query (text queries are plain strings)."""
+def fused_score(rerank_score: float, first_stage_score: float, weight: float) -> float:
+    """Logit of the reranker's match probability plus the weighted first-stage cosine.
 
-    image: Any
-
-
-def token_match_scores(query: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """Image-to-image second stage: mean over query tokens of the best cosine among a candidate's tokens.
-
-    Pooled CLIP vectors average away where colours sit; matching token to token keeps it.
-    query (T, D), candidates (N, T, D) -> (N,) in [0, 1].
+    Summing in logit space lets the two stages vote as independent evidence (a product of
+    experts); on the held-out catalog this beat the reranker alone and a probability blend.
     """
-    q = query.astype(np.float32)
-    q /= np.linalg.norm(q, axis=-1, keepdims=True).clip(min=1e-6)
-    c = candidates.astype(np.float32)
-    c /= np.linalg.norm(c, axis=-1, keepdims=True).clip(min=1e-6)
-    sims = np.einsum("td,nsd->nts", q, c)
-    return ((sims.max(axis=2).mean(axis=1) + 1) / 2).astype(np.float32)
+    p = min(max(rerank_score, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p)) + weight * first_stage_score
 
 
 class Searcher:
@@ -216,7 +206,7 @@ class Searcher:
         outcome = self._search(snap, vec, top_n, filters, encode_s=time.perf_counter() - t0)
         return self._rerank(snap, query, outcome, k)
 
-    def _rerank(self, snap: Snapshot, query: str | ImageQuery, outcome: SearchOutcome, k: int) -> SearchOutcome:
+    def _rerank(self, snap: Snapshot, query: str, outcome: SearchOutcome, k: int) -> SearchOutcome:
         """Reorder by the reranker within the time budget; past it, the first-stage order, unreranked."""
         t0 = time.perf_counter()
         for hit in outcome.hits:
@@ -240,30 +230,22 @@ class Searcher:
         w = self.settings.rerank_weight
         for hit, score in zip(outcome.hits, scores):
             hit.rerank_score = None if score is None else float(score)
-            hit.score = hit.score if score is None else w * float(score) + (1 - w) * hit.score
+            if score is not None:
+                hit.score = fused_score(float(score), hit.score, w)
         # Products with no image features (text-only) keep their place after the judged ones.
         outcome.hits.sort(key=lambda h: (h.rerank_score is None, -h.score))
         outcome.hits = outcome.hits[:k]
         outcome.reranked = True
         return outcome
 
-    def _rerank_scores(self, reranker: Reranker, snap: Snapshot, query: str | ImageQuery,
-                       hits: list[Hit]) -> list[float | None]:
+    def _rerank_scores(self, reranker: Reranker, snap: Snapshot, query: str, hits: list[Hit]) -> list[float | None]:
         """One batched reranker pass over the candidates' stored features."""
         vids = np.array([h.vector_id for h in hits], np.int64)
         if snap.rerank is None:
             features, found = self._features_from_images(reranker, hits)
         else:
             found, features = snap.rerank.lookup(vids)
-        if not len(features):
-            scores = np.zeros(0)
-        elif isinstance(query, ImageQuery):
-            import torch
-
-            query_tokens = reranker.image_features(torch.stack([reranker.preprocess(query.image)]))[0]
-            scores = token_match_scores(query_tokens, np.asarray(features))
-        else:
-            scores = reranker.score(query, np.asarray(features))
+        scores = reranker.score(query, np.asarray(features)) if len(features) else np.zeros(0)
         out: list[float | None] = [None] * len(hits)
         for slot, score in zip(np.flatnonzero(found), scores):
             out[int(slot)] = float(score)
@@ -297,26 +279,49 @@ class Searcher:
 
     def search_image(self, image: Any, k: int, filters: Filters, *, rerank: bool = False,
                      rerank_top_n: int | None = None) -> SearchOutcome:
-        """Image-to-image search; with rerank, patch-token matching reorders the first-stage top_n."""
+        """Image-to-image search; with rerank, the top_n are rescored with the mirrored query too."""
         snap = self.snapshot
         t0 = time.perf_counter()
-        vec = self.encoder.encode_images([image])[0]
         if not rerank:
+            vec = self.encoder.encode_images([image])[0]
             return self._search(snap, vec, k, filters, encode_s=time.perf_counter() - t0)
-        if self.reranker is None:
-            raise InvalidInputError("reranking is off on this server (CATALENS_RERANKER=none)")
-        top_n = max(k, rerank_top_n or self.settings.rerank_top_n)
-        outcome = self._search(snap, vec, top_n, filters, encode_s=time.perf_counter() - t0)
-        return self._rerank(snap, ImageQuery(image), outcome, k)
+        from PIL import ImageOps
 
-    def similar(self, product_id: str, k: int, filters: Filters) -> SearchOutcome:
-        """Products like this one (by the mean of its image vectors), itself excluded."""
+        # Second stage for image queries (measured in the README): the query and its mirror
+        # image, averaged, against every view of each first-stage candidate. A shopper's
+        # photo is as often mirrored as not; the pooled vector of one render is not.
+        both = self.encoder.encode_images([image, ImageOps.mirror(image)])
+        top_n = max(k, rerank_top_n or self.settings.rerank_top_n)
+        outcome = self._search(snap, both[0], top_n, filters, encode_s=time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        query = both.mean(axis=0)
+        query /= max(float(np.linalg.norm(query)), 1e-12)
+        for hit in outcome.hits:
+            views = snap.vectors_of.get(hit.product.id, [hit.vector_id])
+            hit.first_stage_score = hit.score
+            hit.rerank_score = hit.score = float((snap.images.reconstruct(np.array(views, np.int64)) @ query).max())
+        outcome.hits.sort(key=lambda h: -h.score)
+        outcome.hits = outcome.hits[:k]
+        outcome.reranked = True
+        outcome.timings["rerank"] = time.perf_counter() - t1
+        self.observe("rerank", outcome.timings["rerank"])
+        return outcome
+
+    def similar(self, product_id: str, k: int, filters: Filters, *, same_category: bool = True) -> SearchOutcome:
+        """Products like this one (by the mean of its image vectors), itself excluded.
+
+        By default only its own category: a shopper asking for more like a mug wants mugs,
+        while a CLIP space ranks a mug of the same colour next to a t-shirt of that colour.
+        An explicit category filter wins.
+        """
         snap = self.snapshot
         with self.sessions() as session:
             product = session.scalar(select(Product).where(Product.product_id == product_id,
                                                            Product.deleted.is_(False)))
             if product is None:
                 raise NotFoundError(f"product {product_id!r} not found")
+        if same_category and product.category and not filters.category:
+            filters = replace(filters, category=(product.category,))
         ids = np.array(snap.vectors_of.get(product.id, []), np.int64)
         if not len(ids):  # added after this version was built
             raise NotFoundError(f"product {product_id!r} is not in index version {snap.version_id} yet")

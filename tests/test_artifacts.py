@@ -29,7 +29,8 @@ def _active(index_dir: Path) -> Path:
 def test_manifest_describes_the_files(sample_index: SampleIndex) -> None:
     manifest, images, texts = artifacts.load_version(_active(sample_index.index_dir))
     assert manifest.count == images.ntotal and manifest.text_count == texts.ntotal == len(sample_index.rows())
-    assert manifest.dim == 128 and manifest.catalog_checksum and set(manifest.files) == {"images.faiss", "texts.faiss"}
+    assert manifest.dim == 128 and manifest.catalog_checksum and set(manifest.files) == {
+        "images.faiss", "texts.faiss", "rerank_ids.npy", "rerank_features.npy"}
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])

@@ -110,3 +110,10 @@ def test_query_mix_counts_repeats() -> None:
     sent = [zipf() for _ in range(1000)]
     assert zipf.requests == 1000 and zipf.repeats == 1000 - len(set(sent))
     assert sent.count(pool[0]) > sent.count(pool[-1])  # the head is popular
+
+
+def test_bench_rerank_bundled(bench_dirs: tuple[Path, Path]) -> None:
+    data = _bench("rerank", "--top-n", "8", "--duration", "0.3", dirs=bench_dirs)
+    assert data["reranker"].startswith("itm:catalens-itm") and data["top_n"] == 8
+    assert 0 < data["score_p50_ms"] <= data["score_p95_ms"]
+    assert data["feature_bytes_per_image"] == 2 * data["feature_shape"][0] * data["feature_shape"][1]

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from catalens import artifacts
 from tests.conftest import CATALENS, Server, run_cli, start_server, stop_server
 
 pytestmark = pytest.mark.slow
@@ -372,11 +373,18 @@ def test_upsert_embeds_only_changes_and_delete_hides_a_product_everywhere(
         stop_server(server)
     contents = load_index_contents(index_dir)
     assert contents["texts"][0].size == len(rows) - 1
+    # The version a delete publishes keeps the reranker features of every remaining image.
+    version = artifacts.active_version_path(index_dir)
+    stored = artifacts.load_rerank_features(version, artifacts.read_manifest(version))
+    assert stored is not None and len(stored.ids) == contents["images"][0].size
 
 
 def assert_product_hidden(server: Server, gone: dict[str, str], neighbour: dict[str, str], facets_before: dict) -> None:
     pid, url = gone["product_id"], server.url
     assert pid not in [r["product_id"] for r in text_search(server, gone["title"], k=50)["results"]]
+    reranked = httpx.post(f"{url}/v1/search/text", json={"query": gone["title"], "k": 50, "rerank": True,
+                                                         "rerank_top_n": 100}, timeout=30).json()
+    assert reranked["reranked"] and pid not in [r["product_id"] for r in reranked["results"]]
     own_image = Path(gone["image"].split("|")[0])
     assert pid not in [r["product_id"] for r in image_search(server, own_image, k=50)["results"]]
     similar = httpx.get(f"{url}/v1/products/{neighbour['product_id']}/similar", params={"k": 50}, timeout=30)

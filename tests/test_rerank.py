@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,8 @@ def test_rerank_returns_both_scores_and_orders_by_the_fused_score(client, sample
     w = Settings().rerank_weight
     for r in results:
         assert 0 <= r["rerank_score"] <= 1 and -1 <= r["first_stage_score"] <= 1
-        assert r["score"] == pytest.approx(w * r["rerank_score"] + (1 - w) * r["first_stage_score"], abs=1e-5)
+        p = min(max(r["rerank_score"], 1e-6), 1 - 1e-6)
+        assert r["score"] == pytest.approx(math.log(p / (1 - p)) + w * r["first_stage_score"], abs=1e-3)
     scores = [r["score"] for r in results]
     assert scores == sorted(scores, reverse=True)
 
@@ -208,3 +210,16 @@ def test_eval_rerank_reports_every_set_with_and_without_and_fixes_colour_swaps(s
     assert set(report) == {"plain", "color_swap", "image", "plain+rerank", "color_swap+rerank", "image+rerank"}
     assert report["color_swap+rerank"]["recall@1"] >= report["color_swap"]["recall@1"] + 0.2
     assert report["plain+rerank"]["recall@10"] >= report["plain"]["recall@10"] - 0.02
+
+
+def test_image_rerank_rescores_with_the_mirrored_query_and_keeps_the_product_first(
+        client, sample_index: SampleIndex) -> None:
+    row = sample_index.rows()[3]
+    data = (sample_index.sample_dir / row["image"].split("|")[0]).read_bytes()
+    resp = client.post("/v1/search/image", files={"file": ("q.jpg", data, "image/jpeg")},
+                       data={"k": "5", "rerank": "true", "rerank_top_n": "20"})
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["reranked"] is True
+    assert body["results"][0]["product_id"] == row["product_id"]
+    assert all(r["first_stage_score"] is not None and r["rerank_score"] == r["score"] for r in body["results"])

@@ -69,6 +69,8 @@ def add_itm_args(parser: argparse.ArgumentParser) -> None:
                         help="(itm) the frozen CLIP whose features the ITM head reads")
     parser.add_argument("--itm-width", type=int, default=128, help="(itm) width of the cross-attention blocks")
     parser.add_argument("--itm-layers", type=int, default=2, help="(itm) cross-attention blocks")
+    parser.add_argument("--token-layer", type=int, default=-1,
+                        help="(itm) image tokens after this many ViT blocks (0: patch embeddings; -1: final)")
 
 
 def train_itm(args: argparse.Namespace) -> dict:
@@ -90,9 +92,10 @@ def train_itm(args: argparse.Namespace) -> dict:
     specs, images, groups = render_training_set(args.n_images, args.seed + TRAIN_SEED_OFFSET + ITM_SEED_OFFSET,
                                                 clip.image_size, args.threads, views=1)
     LOG.info("rendered %d specs in %d families in %.0fs", len(specs), len(groups), time.time() - t0)
-    tokens = _image_tokens(clip, images[:, 0])
+    tokens = _image_tokens(clip, images[:, 0], args.token_layer)
     config = ItmConfig(base_model=args.base_model, text_width=int(clip.model.ln_final.weight.shape[0]),
-                       image_width=int(tokens.shape[-1]), width=args.itm_width, layers=args.itm_layers)
+                       image_width=int(tokens.shape[-1]), width=args.itm_width, layers=args.itm_layers,
+                       token_layer=args.token_layer)
     head = ItmHead(config)
     LOG.info("itm head: %.2fM parameters, image tokens %s; args %s",
              sum(p.numel() for p in head.parameters()) / 1e6, tuple(tokens.shape[1:]), vars(args))
@@ -147,7 +150,7 @@ def _log_to(path: Path) -> logging.Handler:
     return handler
 
 
-def _image_tokens(clip, images: np.ndarray, batch: int = 256):  # type: ignore[no-untyped-def]
+def _image_tokens(clip, images: np.ndarray, token_layer: int, batch: int = 256):  # type: ignore[no-untyped-def]
     """Frozen CLIP patch tokens of uint8 (n, H, W, 3) images, normalised as the CLIP expects."""
     import open_clip
     import torch
@@ -161,7 +164,7 @@ def _image_tokens(clip, images: np.ndarray, batch: int = 256):  # type: ignore[n
     with torch.inference_mode():
         for i in range(0, len(pixels), batch):
             x = (pixels[i:i + batch].float() / 255.0 - mean) / std
-            out.append(clip_image_tokens(clip.model, x).to(torch.float16))
+            out.append(clip_image_tokens(clip.model, x, token_layer).to(torch.float16))
     return torch.cat(out)
 
 
@@ -211,7 +214,8 @@ def evaluate_reranking(clip, head, *, n_products: int, top_n: int = 20, seed: in
     results: dict[str, dict] = {}
     with torch.inference_mode():
         img_emb = _encode_images(clip.model, pixels)
-        img_tok = torch.cat([clip_image_tokens(clip.model, pixels[i:i + 256]) for i in range(0, len(pixels), 256)])
+        img_tok = torch.cat([clip_image_tokens(clip.model, pixels[i:i + 256], head.config.token_layer)
+                             for i in range(0, len(pixels), 256)])
         for qset in ("plain", "color_swap"):
             qs = [q for q in queries if q["set"] == qset]
             if not qs:

@@ -38,11 +38,14 @@ def similar_products(product_id: str, searcher: SearcherDep,
                      category: Annotated[list[str] | None, Query()] = None,
                      brand: Annotated[list[str] | None, Query()] = None,
                      price_min: Annotated[float | None, Query(ge=0)] = None,
-                     price_max: Annotated[float | None, Query(ge=0)] = None) -> SearchOut:
+                     price_max: Annotated[float | None, Query(ge=0)] = None,
+                     same_category: Annotated[bool, Query(description="only the product's own category, unless "
+                                                                     "a category filter is given")] = True,
+                     ) -> SearchOut:
     """Products that look like this one ("more like this"); the product itself is excluded."""
     started = time.perf_counter()
     filters = Filters(tuple(category or ()), tuple(brand or ()), price_min, price_max)
-    return to_response(searcher.similar(product_id, k, filters), started)
+    return to_response(searcher.similar(product_id, k, filters, same_category=same_category), started)
 
 
 @router.get("/products/{product_id}/image", responses={404: {}, 200: {"content": {"image/jpeg": {}}}})

@@ -43,8 +43,8 @@ async def search_image(searcher: SearcherDep, settings: SettingsDep,
                        file: Annotated[UploadFile, File(description="a JPEG, PNG, WEBP or GIF image")],
                        k: Annotated[int, Form(ge=1, le=MAX_K)] = 10,
                        filters: Annotated[str | None, Form(description="filters as JSON")] = None,
-                       rerank: Annotated[bool, Form(description="reorder the top candidates by patch-token "
-                                                                "matching")] = False,
+                       rerank: Annotated[bool, Form(description="rescore the top candidates with the query "
+                                                                "and its mirror image")] = False,
                        rerank_top_n: Annotated[int, Form(ge=1, le=MAX_RERANK_TOP_N)] = 20) -> SearchOut:
     """Find products that look like an uploaded image, optionally reranked."""
     started = time.perf_counter()
