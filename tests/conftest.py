@@ -149,3 +149,27 @@ def stop_server(server: Server) -> None:
         server.process.wait(10)
     except subprocess.TimeoutExpired:
         server.process.kill()
+
+
+def tiny_coca_config(context_length: int = 16) -> dict:
+    """A small open_clip CoCa of the real class (no pretrained CoCa exists offline)."""
+    return {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16,
+                       "attentional_pool": True, "attn_pooler_heads": 2, "attn_pooler_queries": 8,
+                       "output_tokens": True},
+        "text_cfg": {"context_length": context_length, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1,
+                     "embed_cls": True, "output_tokens": True},
+        "multimodal_cfg": {"context_length": context_length, "vocab_size": 49408, "width": 32, "heads": 2,
+                           "layers": 1, "attn_pooler_heads": 2},
+        "custom_text": True,
+    }
+
+
+def write_catalog_rows(path: Path, rows: list[dict[str, str]]) -> Path:
+    """A catalog CSV holding these sample rows (their image paths stay relative)."""
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

@@ -105,3 +105,19 @@ def test_faiss_ids_are_database_keys(sample_index: SampleIndex) -> None:
         db_ids = set(session.scalars(select(ProductImage.id).where(ProductImage.status == "ok")))
     assert set(images.ids().tolist()) == db_ids
     assert np.allclose(np.linalg.norm(images.reconstruct(np.array(sorted(db_ids)[:5])), axis=1), 1, atol=1e-4)
+
+
+def test_ivf_and_hnsw_indexes_are_saved_with_search_settings_that_reach_the_recall_target(tmp_path: Path) -> None:
+    import faiss
+
+    from catalens.artifacts import HNSW_EF_SEARCH, IVF_NPROBE, FaissIndex
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((2000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = np.arange(2000, dtype=np.int64) * 7
+    for factory, attr, want in (("IVF32,SQ8", "nprobe", IVF_NPROBE), ("HNSW16", None, HNSW_EF_SEARCH)):
+        FaissIndex.build(vectors, ids, factory=factory).save(tmp_path / "x.faiss")
+        loaded = FaissIndex.load(tmp_path / "x.faiss")  # keep a reference: faiss's inner index belongs to it
+        inner = faiss.downcast_index(loaded.index.index)
+        assert (inner.nprobe if attr else inner.hnsw.efSearch) == want, factory

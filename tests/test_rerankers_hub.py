@@ -16,6 +16,7 @@ from PIL import Image
 
 from catalens.errors import ModelLoadError
 from catalens.reranker import load_reranker
+from tests.conftest import tiny_coca_config
 
 transformers = pytest.importorskip("transformers")
 
@@ -65,17 +66,7 @@ def coca_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
     import torch
 
     out = tmp_path_factory.mktemp("coca")
-    config = {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16,
-                       "attentional_pool": True, "attn_pooler_heads": 2, "attn_pooler_queries": 8,
-                       "output_tokens": True},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1,
-                     "embed_cls": True, "output_tokens": True},
-        "multimodal_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1,
-                           "attn_pooler_heads": 2},
-        "custom_text": True,
-    }
+    config = tiny_coca_config(16)
     path = out / "tiny-coca.json"
     path.write_text(json.dumps(config))
     open_clip.add_model_config(path)

@@ -207,6 +207,17 @@ def _encode_images(model, pixels, batch: int = 256):
                       for i in range(0, len(pixels), batch)])
 
 
+def write_summary(args: argparse.Namespace, *, model: str, train_s: float, metrics: dict,
+                  history: list[dict], **extra: str) -> dict:
+    """metrics.json beside the weights: the run's arguments, timing, metrics and loss curve."""
+    summary = {"args": plain_args(args), "model": model, **extra, "steps": args.steps,
+               "batch_size": args.batch_size, "train_seconds": round(train_s, 1), "threads": args.threads,
+               "seed": args.seed, "eval_seed": EVAL_SEED, "eval_products": args.eval_products,
+               "metrics": metrics, "loss_history": history}
+    (args.out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
 def plain_args(args: argparse.Namespace) -> dict:
     """The run's arguments as JSON-safe values, recorded beside the weights."""
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
@@ -292,13 +303,8 @@ def train(args: argparse.Namespace) -> dict:
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(args.out / "model.safetensors"), metadata={"format": "pt", "model": name})
     shutil.copy(args.config, args.out / f"{name}.json")
-    summary = {"args": plain_args(args), "model": name, "steps": args.steps, "batch_size": args.batch_size,
-               "train_seconds": round(train_s, 1), "threads": args.threads, "seed": args.seed,
-               "eval_seed": EVAL_SEED, "eval_products": args.eval_products, "metrics": metrics,
-               "loss_history": history}
-    (args.out / "metrics.json").write_text(json.dumps(summary, indent=2))
     LOG.removeHandler(handler)
-    return summary
+    return write_summary(args, model=name, train_s=train_s, metrics=metrics, history=history)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from catalens import world
-from training.train_clip import EVAL_SEED, TRAIN_SEED_OFFSET, lr_at, param_groups, plain_args, render_training_set
+from training.train_clip import EVAL_SEED, TRAIN_SEED_OFFSET, lr_at, param_groups, render_training_set, write_summary
 
 LOG = logging.getLogger("catalens.train")
 ITM_SEED_OFFSET = 2_000  # another slice of the world than the CLIP's training data
@@ -130,13 +130,9 @@ def train_itm(args: argparse.Namespace) -> dict:
 
     save_file(state, str(args.out / ITM_WEIGHTS), metadata={"format": "pt", "base_model": args.base_model})
     config.save(args.out)
-    summary = {"args": plain_args(args), "model": "itm", "base_model": args.base_model, "steps": args.steps, "batch_size": args.batch_size,
-               "train_seconds": round(train_s, 1), "threads": args.threads, "seed": args.seed,
-               "eval_seed": EVAL_SEED, "eval_products": args.eval_products, "metrics": metrics,
-               "loss_history": history}
-    (args.out / "metrics.json").write_text(json.dumps(summary, indent=2))
     LOG.removeHandler(handler)
-    return summary
+    return write_summary(args, model="itm", train_s=train_s, metrics=metrics, history=history,
+                         base_model=args.base_model)
 
 
 def _log_to(path: Path) -> logging.Handler:
