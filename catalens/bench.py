@@ -248,42 +248,22 @@ def _load_encoder(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 def _timed_embedder(encoder, reranker=None):  # type: ignore[no-untyped-def]
+    """An Embedder that adds the seconds spent inside each model call to pixel_s or text_s."""
     from indexer.embedder import Embedder
 
-    class TimedEmbedder(Embedder):
-        """Counts the seconds the pipeline spends inside the model."""
-
-        pixel_s = 0.0
-        text_s = 0.0
-
-        def embed_pixels(self, pixels: list[Any]) -> np.ndarray:
+    def timed(name: str, counter: str) -> Callable[..., Any]:
+        def call(self: Any, *args: Any) -> Any:
             t0 = time.perf_counter()
             try:
-                return super().embed_pixels(pixels)
+                return getattr(Embedder, name)(self, *args)
             finally:
-                self.pixel_s += time.perf_counter() - t0
+                setattr(self, counter, getattr(self, counter) + time.perf_counter() - t0)
+        return call
 
-        def embed_texts(self, texts: list[str]) -> np.ndarray:
-            t0 = time.perf_counter()
-            try:
-                return super().embed_texts(texts)
-            finally:
-                self.text_s += time.perf_counter() - t0
-
-        def embed_pixels_with_features(self, pixels: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
-            t0 = time.perf_counter()
-            try:
-                return super().embed_pixels_with_features(pixels)
-            finally:
-                self.pixel_s += time.perf_counter() - t0
-
-        def rerank_features(self, pixels: list[Any]) -> np.ndarray:
-            t0 = time.perf_counter()
-            try:
-                return super().rerank_features(pixels)
-            finally:
-                self.pixel_s += time.perf_counter() - t0
-
+    methods = {name: timed(name, "pixel_s") for name in
+               ("embed_pixels", "embed_pixels_with_features", "rerank_features")}
+    TimedEmbedder = type("TimedEmbedder", (Embedder,), {
+        "pixel_s": 0.0, "text_s": 0.0, **methods, "embed_texts": timed("embed_texts", "text_s")})
     return TimedEmbedder(encoder, reranker=reranker)
 
 

@@ -86,6 +86,7 @@ class Snapshot:
     owner: dict[int, tuple[int, int]]  # vector id -> (product pk, image position or -1)
     vectors_of: dict[int, list[int]] = field(default_factory=dict)  # product pk -> vector ids
     rerank: artifacts.RerankFeatures | None = None  # stored second-stage image features
+    has_captions: bool = False  # decided once per version, so searches skip the lookup otherwise
 
     @property
     def version_id(self) -> str:
@@ -118,7 +119,9 @@ def load_snapshot(settings: Settings, sessions: sessionmaker[Session], encoder: 
         LOG.warning("index version %s stores features of reranker %s, not of %s; reranking decodes images",
                     manifest.version_id, manifest.reranker, reranker_id)
         rerank = None
-    return Snapshot(manifest, images, texts, owner, vectors_of, rerank)
+    with sessions() as session:
+        has_captions = session.scalar(select(ProductImage.id).where(ProductImage.caption.is_not(None)).limit(1))
+    return Snapshot(manifest, images, texts, owner, vectors_of, rerank, has_captions is not None)
 
 
 def fused_score(rerank_score: float, first_stage_score: float, weight: float) -> float:
@@ -345,9 +348,9 @@ class Searcher:
             # Resolve only the head of the ranking: fetching every allowed product's row was
             # most of a filtered query's time. The tail is read only if rows vanished meanwhile.
             head = dict(itertools.islice(best.items(), 2 * want + 8))
-            hits = self._resolve(head, filters, want, timings)
+            hits = self._resolve(head, filters, want, timings, with_captions=snap.has_captions)
             if len(hits) < want and len(head) < len(best):
-                hits = self._resolve(best, filters, want, timings)
+                hits = self._resolve(best, filters, want, timings, with_captions=snap.has_captions)
         else:
             fetch = max(want * 4, 32)
             while True:
@@ -355,7 +358,7 @@ class Searcher:
                 scores, ids = snap.images.search(query, fetch)
                 timings["ann"] = timings.get("ann", 0.0) + time.perf_counter() - t0
                 best = self._best_per_product(snap, scores[0], ids[0])
-                hits = self._resolve(best, filters, want, timings)
+                hits = self._resolve(best, filters, want, timings, with_captions=snap.has_captions)
                 if len(hits) >= want or fetch >= snap.images.ntotal:
                     break
                 fetch *= 4
@@ -385,7 +388,7 @@ class Searcher:
         return best
 
     def _resolve(self, best: dict[int, tuple[float, int, int]], filters: Filters, want: int,
-                 timings: dict[str, float]) -> list[Hit]:
+                 timings: dict[str, float], *, with_captions: bool = False) -> list[Hit]:
         """Fetch live products that pass the filters; deleted ids are dropped here."""
         if not best:
             return []
@@ -394,7 +397,8 @@ class Searcher:
             products = {p.id: p for p in session.scalars(
                 select(Product).where(Product.id.in_(list(best)), *filters.clauses()))}
             captions = dict(session.execute(select(ProductImage.id, ProductImage.caption).where(
-                ProductImage.id.in_([vid for _, _, vid in best.values()]), ProductImage.caption.is_not(None))).all())
+                ProductImage.id.in_([vid for _, _, vid in best.values()]), ProductImage.caption.is_not(None))).all()) \
+                if with_captions else {}
         timings["metadata"] = timings.get("metadata", 0.0) + time.perf_counter() - t0
         hits = [Hit(products[pk], score, pos if pos >= 0 else None, vid, caption=captions.get(vid))
                 for pk, (score, pos, vid) in best.items() if pk in products]

@@ -48,6 +48,7 @@ def test_bench_index_default_model(bench_dirs: tuple[Path, Path]) -> None:
     assert data["end_to_end_ips"] <= data["image_stage_ips"] * 1.05
     assert data["torch_threads"] == 1 and data["decode_workers"] == 1
     assert data["vectors"] == data["images"] and data["phases_s"]["images"] > 0
+    assert 0 < data["model_s_in_pipeline"]["images"] <= data["phases_s"]["images"]
 
 
 def test_bench_query_real_server(bench_dirs: tuple[Path, Path]) -> None:
