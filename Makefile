@@ -34,7 +34,7 @@ browser:
 		|| echo "WARNING: could not install docker-compose; the compose check will be skipped"; }
 
 test: install browser
-	$(BIN)/ruff check catalens indexer retrieval training tests
+	$(BIN)/ruff check catalens indexer retrieval training tests migrations
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -1,9 +1,11 @@
 """The bundled image-text matching (ITM) model: query tokens cross-attend to image patch tokens.
 
-It sits on a frozen CLIP: the CLIP text tower gives per-token states of the query, the CLIP
-vision tower gives patch tokens of the image (computed once at index time and stored), and a
-few cross-attention blocks with a binary match head read one against the other. Unlike two
-pooled vectors, this can tell "red mug with blue dots" from "blue mug with red dots".
+It sits on a frozen CLIP: the CLIP text tower gives per-token states of the query. The image
+tokens come either from the CLIP vision tower (`image_encoder="clip"`) or from the head's own
+small convolutional encoder on the same pixels (`"conv"`: an 8x8 grid, finer than the bundled
+CLIP's 4x4 patches, trained with the head). They are computed once at index time and stored,
+and a few cross-attention blocks with a binary match head read the query against them. Unlike
+two pooled vectors, this can tell "red mug with blue dots" from "blue mug with red dots".
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ class ItmConfig:
     layers: int = 2
     heads: int = 4
     token_layer: int = -1  # image tokens after this many ViT blocks (0: patch embeddings); -1: final, normed
+    image_encoder: str = "clip"  # "clip": the CLIP's ViT tokens; "conv": the head's own encoder
+    grid_width: int = 64  # channels of the conv encoder's tokens (what is stored per grid cell)
 
     def save(self, folder: Path) -> None:
         (folder / ITM_CONFIG).write_text(json.dumps(asdict(self), indent=2))
@@ -60,12 +64,31 @@ class CrossBlock(nn.Module):
         return x + self.mlp(self.ln_mlp(x))
 
 
+class ConvTokens(nn.Module):
+    """Pixels (N, 3, H, W) -> an (H/8 x W/8) grid of tokens: (N, H*W/64, grid_width), position-encoded."""
+
+    def __init__(self, grid_width: int, grid: int = 8) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 32, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(64, 64, 3, padding=1), nn.GELU(),
+            nn.Conv2d(64, grid_width, 3, stride=2, padding=1),
+        )
+        self.position = nn.Parameter(torch.zeros(1, grid * grid, grid_width))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.net(pixels).flatten(2).transpose(1, 2)
+        return x + self.position[:, : x.shape[1]]
+
+
 class ItmHead(nn.Module):
     """(query token states, padding mask, image tokens) -> one match logit per pair."""
 
     def __init__(self, config: ItmConfig) -> None:
         super().__init__()
         self.config = config
+        self.encoder = ConvTokens(config.grid_width) if config.image_encoder == "conv" else None
         self.text_in = nn.Linear(config.text_width, config.width)
         self.image_in = nn.Linear(config.image_width, config.width)
         self.image_ln = nn.LayerNorm(config.width)
@@ -115,6 +138,13 @@ def _vit_blocks(model: Any, pixels: torch.Tensor, token_layer: int) -> tuple[tor
 def clip_image_tokens(model: Any, pixels: torch.Tensor, token_layer: int = -1) -> torch.Tensor:
     """Image tokens (class token first) of an open_clip ViT: (N, T, width)."""
     return _vit_blocks(model, pixels, token_layer)[0]
+
+
+def itm_image_features(clip_model: Any, head: ItmHead, pixels: torch.Tensor) -> torch.Tensor:
+    """The image tokens `head` reads: its own conv grid, or the CLIP's ViT tokens."""
+    if head.encoder is not None:
+        return head.encoder(pixels)
+    return clip_image_tokens(clip_model, pixels, head.config.token_layer)
 
 
 def clip_image_embeddings_and_tokens(model: Any, pixels: torch.Tensor,

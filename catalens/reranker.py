@@ -49,7 +49,7 @@ class Reranker(Protocol):
 
 @dataclass
 class BundledItmReranker:
-    """The ITM head trained by `catalens train-model --kind itm` on a frozen bundled CLIP."""
+    """The ITM head trained by `catalens train-model --kind itm` on a frozen bundled CLIP's text tower."""
 
     clip: ClipEncoder
     head: Any
@@ -62,11 +62,16 @@ class BundledItmReranker:
     def image_features(self, pixels: Any) -> np.ndarray:
         import torch
 
-        from catalens.itm import clip_image_tokens
+        from catalens.itm import itm_image_features
 
         with torch.inference_mode():
-            tokens = clip_image_tokens(self.clip.model, pixels.to(self.clip.device), self.head.config.token_layer)
+            tokens = itm_image_features(self.clip.model, self.head, pixels.to(self.clip.device))
         return tokens.to(torch.float16).cpu().numpy()
+
+    @property
+    def reads_clip_tokens(self) -> bool:
+        """True when the stored features are the CLIP's own ViT tokens (one vision pass gives both)."""
+        return self.head.encoder is None
 
     def score(self, query: str, features: np.ndarray) -> np.ndarray:
         import torch

@@ -38,7 +38,7 @@ class Embedder:
 
         from catalens.itm import clip_image_embeddings_and_tokens
 
-        if getattr(self.reranker, "clip", None) is not self.encoder:
+        if getattr(self.reranker, "clip", None) is not self.encoder or not self.reranker.reads_clip_tokens:
             return None
         with torch.inference_mode():
             both = clip_image_embeddings_and_tokens(self.encoder.model, torch.stack(pixels).to(self.encoder.device),

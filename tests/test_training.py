@@ -45,5 +45,8 @@ def test_reranker_training_smoke_run_learns_and_its_weights_load(tmp_path: Path)
     from PIL import Image
 
     pixels = torch.stack([reranker.preprocess(Image.new("RGB", (64, 64), (200, 30, 30)))] * 3)
-    scores = reranker.score("red mug", reranker.image_features(pixels))
+    features = reranker.image_features(pixels)
+    assert features.shape == (3, 64, 64) and features.dtype == np.float16  # its own 8 x 8 grid, 64 channels
+    assert not reranker.reads_clip_tokens
+    scores = reranker.score("red mug", features)
     assert scores.shape == (3,) and np.all((scores >= 0) & (scores <= 1))

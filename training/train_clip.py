@@ -43,7 +43,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (and render workers)")
     parser.add_argument("--eval-products", type=int, default=2000)
-    parser.add_argument("--image-loss-weight", type=float, default=0.5,
+    parser.add_argument("--image-loss-weight", type=float, default=0.75,
                         help="weight of the image-image ClipLoss between two renders of a spec")
     parser.add_argument("--eval-every", type=int, default=0, help="steps between evals (0: end only)")
     add_itm_args(parser)

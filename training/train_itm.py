@@ -1,10 +1,11 @@
-"""Train the bundled reranker: an ITM head on a frozen CLIP, taught binding with hard negatives.
+"""Train the bundled reranker: an ITM head on a frozen CLIP text tower, taught binding with hard negatives.
 
 Each batch holds whole families of specs that differ in one attribute (swapped colours,
 another pattern, main or secondary colour), rendered as images. Every caption is scored
-against every image of its family and one random image; a pair is a match when every
-attribute the caption names agrees with the image. Features of the frozen CLIP are
-computed once, so a run costs minutes, not the CLIP's half hour.
+against every image of its family, one random image and images mined from the frozen CLIP's
+own top 20 for that caption (the candidates the reranker will see when serving); a pair is
+a match when every attribute the caption names agrees with the image. The image side is the
+CLIP's ViT tokens (precomputed once) or the head's own conv encoder, trained with it.
 """
 
 from __future__ import annotations
@@ -20,10 +21,20 @@ from pathlib import Path
 import numpy as np
 
 from catalens import world
-from training.train_clip import EVAL_SEED, TRAIN_SEED_OFFSET, lr_at, param_groups, render_training_set, write_summary
+from training.train_clip import (
+    EVAL_SEED,
+    TRAIN_SEED_OFFSET,
+    _encode_images,
+    lr_at,
+    param_groups,
+    render_training_set,
+    write_summary,
+)
 
 LOG = logging.getLogger("catalens.train")
 ITM_SEED_OFFSET = 2_000  # another slice of the world than the CLIP's training data
+FUSION_WEIGHTS = (0.0, 5.0, 10.0, 20.0)  # first-stage weights the evaluation also reports
+LOGIT_CLAMP = 13.8155  # the service clips match probabilities to [1e-6, 1 - 1e-6]
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,11 @@ def add_itm_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--itm-layers", type=int, default=2, help="(itm) cross-attention blocks")
     parser.add_argument("--token-layer", type=int, default=-1,
                         help="(itm) image tokens after this many ViT blocks (0: patch embeddings; -1: final)")
+    parser.add_argument("--image-encoder", choices=["clip", "conv"], default="conv",
+                        help="(itm) image tokens: the CLIP's ViT tokens, or the head's own conv grid")
+    parser.add_argument("--grid-width", type=int, default=64, help="(itm) channels per conv grid token (stored)")
+    parser.add_argument("--mined", type=int, default=2,
+                        help="(itm) negatives per caption drawn from the frozen CLIP's top 20 for it")
 
 
 def train_itm(args: argparse.Namespace) -> dict:
@@ -79,7 +95,7 @@ def train_itm(args: argparse.Namespace) -> dict:
     from safetensors.torch import save_file
 
     from catalens.encoder import ModelSpec, load_clip
-    from catalens.itm import ItmConfig, ItmHead, clip_text_states
+    from catalens.itm import ItmConfig, ItmHead, clip_image_tokens, clip_text_states
 
     args.out.mkdir(parents=True, exist_ok=True)
     handler = _log_to(args.out / "train.log")
@@ -91,24 +107,40 @@ def train_itm(args: argparse.Namespace) -> dict:
     t0 = time.time()
     specs, images, groups = render_training_set(args.n_images, args.seed + TRAIN_SEED_OFFSET + ITM_SEED_OFFSET,
                                                 clip.image_size, args.threads, views=1)
+    pixels = _normalised(images[:, 0])
     LOG.info("rendered %d specs in %d families in %.0fs", len(specs), len(groups), time.time() - t0)
-    tokens = _image_tokens(clip, images[:, 0], args.token_layer)
-    config = ItmConfig(base_model=args.base_model, text_width=int(clip.model.ln_final.weight.shape[0]),
-                       image_width=int(tokens.shape[-1]), width=args.itm_width, layers=args.itm_layers,
-                       token_layer=args.token_layer)
+    conv = args.image_encoder == "conv"
+    text_width = int(clip.model.ln_final.weight.shape[0])
+    config = ItmConfig(base_model=args.base_model, text_width=text_width,
+                       image_width=args.grid_width if conv else int(clip.model.visual.transformer.width),
+                       width=args.itm_width, layers=args.itm_layers, token_layer=args.token_layer,
+                       image_encoder=args.image_encoder, grid_width=args.grid_width)
     head = ItmHead(config)
-    LOG.info("itm head: %.2fM parameters, image tokens %s; args %s",
-             sum(p.numel() for p in head.parameters()) / 1e6, tuple(tokens.shape[1:]), vars(args))
+    with torch.inference_mode():
+        clip_emb = _encode_images(clip.model, pixels)
+        tokens = None if conv else torch.cat([clip_image_tokens(clip.model, pixels[i:i + 256], args.token_layer)
+                                             .to(torch.float16) for i in range(0, len(pixels), 256)])
+    LOG.info("itm head: %.2fM parameters, image encoder %s; args %s",
+             sum(p.numel() for p in head.parameters()) / 1e6, args.image_encoder, vars(args))
     opt = torch.optim.AdamW(param_groups(head, 0.05), lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
     history: list[dict] = []
     t0 = time.time()
     for step in range(args.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, base=args.lr, warmup=args.warmup, total=args.steps)
-        text_idx, image_idx, labels, captions = _pairs(specs, groups, args.batch_size, rng)
+        captions, families = _captions(specs, groups, args.batch_size, rng)
         with torch.no_grad():
-            states, pad = clip_text_states(clip.model, clip.tokenizer([c.text for c in captions]))
-        logits = head(states[text_idx], pad[text_idx], tokens[image_idx].float())
+            text = clip.tokenizer([c.text for c in captions])
+            states, pad = clip_text_states(clip.model, text)
+            mined = _mine(clip.model.encode_text(text, normalize=True) @ clip_emb.T, args.mined, rng)
+        text_idx, image_idx, labels = _pairs(specs, captions, families, mined, rng)
+        if conv:
+            used = sorted(set(image_idx))
+            slot = {j: k for k, j in enumerate(used)}
+            image = head.encoder(pixels[used])[[slot[j] for j in image_idx]]
+        else:
+            image = tokens[image_idx].float()
+        logits = head(states[text_idx], pad[text_idx], image)
         target = torch.tensor(labels, dtype=torch.float32)
         pos_weight = (target.numel() - target.sum()) / target.sum().clamp(min=1)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
@@ -119,8 +151,8 @@ def train_itm(args: argparse.Namespace) -> dict:
         if step % 50 == 0 or step == args.steps - 1:
             acc = ((logits > 0).float() == target).float().mean().item()
             history.append({"step": step, "loss": round(loss.item(), 4), "accuracy": round(acc, 4)})
-            LOG.info("step %d/%d loss %.4f acc %.3f lr %.2e %.3fs/step", step, args.steps, loss.item(), acc,
-                     opt.param_groups[0]["lr"], (time.time() - t0) / (step + 1))
+            LOG.info("step %d/%d loss %.4f acc %.3f pairs %d lr %.2e %.3fs/step", step, args.steps, loss.item(),
+                     acc, len(labels), opt.param_groups[0]["lr"], (time.time() - t0) / (step + 1))
     train_s = time.time() - t0
     head.eval()
     metrics = evaluate_reranking(clip, head, n_products=args.eval_products) if args.eval_products else {}
@@ -146,56 +178,69 @@ def _log_to(path: Path) -> logging.Handler:
     return handler
 
 
-def _image_tokens(clip, images: np.ndarray, token_layer: int, batch: int = 256):  # type: ignore[no-untyped-def]
-    """Frozen CLIP patch tokens of uint8 (n, H, W, 3) images, normalised as the CLIP expects."""
+def _normalised(images: np.ndarray):  # type: ignore[no-untyped-def]
+    """uint8 (n, H, W, 3) images -> float (n, 3, H, W), normalised as the CLIP expects."""
     import open_clip
     import torch
 
-    from catalens.itm import clip_image_tokens
-
     mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
-    pixels = torch.from_numpy(images).permute(0, 3, 1, 2)
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(pixels), batch):
-            x = (pixels[i:i + batch].float() / 255.0 - mean) / std
-            out.append(clip_image_tokens(clip.model, x, token_layer).to(torch.float16))
-    return torch.cat(out)
+    return (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
 
 
-def _pairs(specs: list[world.ProductSpec], groups: list[list[int]], batch_size: int,
-           rng: random.Random) -> tuple[list[int], list[int], list[float], list[Caption]]:
-    """Caption-image pairs: each caption against its family's images and one random image."""
-    members: list[list[int]] = []
-    while sum(len(g) for g in members) < batch_size:
-        members.append(rng.choice(groups))
+def _captions(specs: list[world.ProductSpec], groups: list[list[int]], batch_size: int,
+              rng: random.Random) -> tuple[list[Caption], list[list[int]]]:
+    """Whole families until the batch is full: a caption per member, with its family's images."""
     captions: list[Caption] = []
+    families: list[list[int]] = []
+    while len(captions) < batch_size:
+        family = rng.choice(groups)
+        for i in family:
+            captions.append(itm_caption(specs[i], rng))
+            families.append(family)
+    return captions, families
+
+
+def _mine(sims, per_caption: int, rng: random.Random, top: int = 20) -> list[list[int]]:  # type: ignore[no-untyped-def]
+    """Per caption, `per_caption` images drawn from the frozen CLIP's top `top` for it."""
+    if per_caption <= 0:
+        return [[] for _ in range(len(sims))]
+    ranked = sims.topk(top, dim=1).indices.tolist()
+    return [rng.sample(row, per_caption) for row in ranked]
+
+
+def _pairs(specs: list[world.ProductSpec], captions: list[Caption], families: list[list[int]],
+           mined: list[list[int]], rng: random.Random) -> tuple[list[int], list[int], list[float]]:
+    """(caption index, image index, label) for each caption against its family, a random and mined images."""
     text_idx: list[int] = []
     image_idx: list[int] = []
     labels: list[float] = []
-    for family in members:
-        for i in family:
-            caption = itm_caption(specs[i], rng)
-            t = len(captions)
-            captions.append(caption)
-            for j in [*family, rng.randrange(len(specs))]:
-                text_idx.append(t)
-                image_idx.append(j)
-                labels.append(float(caption.agrees_with(specs[j])))
-    return text_idx, image_idx, labels, captions
+    for t, (caption, family, extra) in enumerate(zip(captions, families, mined)):
+        for j in dict.fromkeys([*family, rng.randrange(len(specs)), *extra]):
+            text_idx.append(t)
+            image_idx.append(j)
+            labels.append(float(caption.agrees_with(specs[j])))
+    return text_idx, image_idx, labels
 
 
-def evaluate_reranking(clip, head, *, n_products: int, top_n: int = 20, seed: int = EVAL_SEED) -> dict:  # type: ignore[no-untyped-def]
-    """Text query sets of a held-out catalog, CLIP order vs reranked top_n (best image per product)."""
+def evaluate_reranking(clip, head, *, n_products: int, top_n: int = 20, seed: int = EVAL_SEED,  # type: ignore[no-untyped-def]
+                       weights: tuple[float, ...] = FUSION_WEIGHTS) -> dict:
+    """Text query sets of a held-out catalog: CLIP order vs the top_n reranked (best image per product).
+
+    "reranked" fuses as the service does (logit + w * cosine, w = Settings().rerank_weight);
+    "recall@1_by_weight" shows the same for other weights.
+    """
     import shutil
 
     import torch
 
-    from catalens.itm import clip_image_tokens, clip_text_states
+    from catalens.config import Settings
+    from catalens.itm import clip_text_states, itm_image_features
     from retrieval.evaluation import score_rankings
-    from training.train_clip import _encode_images, _jpeg_roundtrip
+    from training.train_clip import _jpeg_roundtrip
 
+    default_w = Settings().rerank_weight
+    weights = tuple(sorted({*weights, default_w}))
     products = world.generate_products(n_products, seed)
     tensors, owners = [], []
     for i, p in enumerate(products):
@@ -207,10 +252,13 @@ def evaluate_reranking(clip, head, *, n_products: int, top_n: int = 20, seed: in
     shutil.rmtree(tmp, ignore_errors=True)
     pixels = torch.stack(tensors)
     owner_t = torch.tensor(owners)
+    images_of: list[list[int]] = [[] for _ in products]
+    for i, o in enumerate(owners):
+        images_of[o].append(i)
     results: dict[str, dict] = {}
     with torch.inference_mode():
         img_emb = _encode_images(clip.model, pixels)
-        img_tok = torch.cat([clip_image_tokens(clip.model, pixels[i:i + 256], head.config.token_layer)
+        img_tok = torch.cat([itm_image_features(clip.model, head, pixels[i:i + 256]).to(torch.float16)
                              for i in range(0, len(pixels), 256)])
         for qset in ("plain", "color_swap"):
             qs = [q for q in queries if q["set"] == qset]
@@ -219,23 +267,24 @@ def evaluate_reranking(clip, head, *, n_products: int, top_n: int = 20, seed: in
             tokens = clip.tokenizer([q["text"] for q in qs])
             sims = clip.model.encode_text(tokens, normalize=True) @ img_emb.T
             states, pad = clip_text_states(clip.model, tokens)
-            ranked_clip, ranked_itm = [], []
+            ranked_clip: list[list[str]] = []
+            ranked: dict[float, list[list[str]]] = {w: [] for w in weights}
             for qi in range(len(qs)):
                 best = torch.full((len(products),), -2.0).scatter_reduce(0, owner_t, sims[qi], reduce="amax")
-                best_img = {}
-                for img_i in torch.argsort(sims[qi], descending=True).tolist():
-                    best_img.setdefault(owners[img_i], img_i)
-                    if len(best_img) >= top_n:
-                        break
-                top = best.topk(top_n).indices.tolist()
-                rows = [best_img[p] for p in top]
+                top = best.topk(top_n)
+                rows = [max(images_of[p], key=lambda i: float(sims[qi, i])) for p in top.indices.tolist()]
                 logits = head(states[qi:qi + 1].expand(len(rows), -1, -1), pad[qi:qi + 1].expand(len(rows), -1),
-                              img_tok[rows])
-                order = torch.argsort(logits, descending=True).tolist()
-                ranked_clip.append([products[p].product_id for p in top[:10]])
-                ranked_itm.append([products[top[o]].product_id for o in order[:10]])
+                              img_tok[rows].float()).clamp(-LOGIT_CLAMP, LOGIT_CLAMP)
+                ranked_clip.append([products[p].product_id for p in top.indices[:10].tolist()])
+                for w in weights:
+                    order = torch.argsort(logits + w * top.values, descending=True)[:10].tolist()
+                    ranked[w].append([products[int(top.indices[o])].product_id for o in order])
             rel = [set(q["relevant"]) for q in qs]
-            results[qset] = {"clip": score_rankings(ranked_clip, rel), "reranked": score_rankings(ranked_itm, rel)}
+            results[qset] = {
+                "clip": score_rankings(ranked_clip, rel), "reranked": score_rankings(ranked[default_w], rel),
+                "weight": default_w,
+                "recall@1_by_weight": {str(w): score_rankings(ranked[w], rel)["recall@1"] for w in weights},
+            }
     return results
 
 

@@ -49,34 +49,35 @@ weak, as for any CLIP: the colour-swap set shows it, and the bundled reranker
 
 ITM_TEMPLATE = """# {name}
 
-The bundled second-stage reranker: a small image-text matching (ITM) head that reads a query
+The bundled second-stage reranker: a small image-text matching (ITM) model that reads a query
 against a candidate image with cross-attention, trained by Catalens on CPU on the generated
-product world. It sits on the frozen `{base}` CLIP: the CLIP's text tower gives the query's
-per-token states, its vision tower gives the image's patch tokens (stored per image at index
-time, fp16), and {layers} blocks of [text self-attention, text-to-image cross-attention, MLP]
+product world. The query side is the frozen `{base}` CLIP's text tower (per-token states);
+the image side is {image_side}, stored per image at index time ({feature_bytes:,} bytes,
+fp16). {layers} blocks of [text self-attention, text-to-image cross-attention, MLP]
 (width {width}) end in a binary match head.
 
 ## Training
-- {steps} steps, {n_images:,} rendered specs in families of hard negatives (the colour-swapped
-  twin, another pattern, another main or secondary colour); every caption is scored against
-  every image of its family plus one random image, labelled a match when every attribute the
-  caption names agrees with the image; binary cross-entropy with positives re-weighted.
-  {train_min:.1f} min on {threads} CPU threads; seed {seed}. {params:.2f} M parameters,
-  fp16 safetensors ({size_kb:.0f} KB).
+- {steps} steps of {batch} captions, {n_images:,} rendered specs in families of hard negatives
+  (the colour-swapped twin, another pattern, another main or secondary colour). Every caption
+  is scored against every image of its family, one random image and {mined} images drawn from
+  the frozen CLIP's own top 20 for it (the candidates it will rerank when serving); a pair is
+  a match when every attribute the caption names agrees with the image. Binary cross-entropy
+  with positives re-weighted. {train_min:.1f} min on {threads} CPU threads; seed {seed}.
+  {params:.2f} M parameters, fp16 safetensors ({size_kb:.0f} KB).
 
 ## Metrics
-Reranking the CLIP's top 20 on the held-out catalog ({eval_n} products, seed {eval_seed}) by the
-ITM logit alone:
+Reranking the CLIP's top 20 on a held-out catalog ({eval_n} products, seed {eval_seed}), fused
+as the service does: `score = logit(p) + w x cosine` (`CATALENS_RERANK_WEIGHT`, w = {weight:g}).
 
 | query set | CLIP R@1 | reranked R@1 | CLIP R@10 | reranked R@10 |
 |---|---|---|---|---|
 {rows}
 
-Alone, the head helps plain queries a little but picks the right colour-swapped twin less
-often than the CLIP does: shown only a product and its twin it prefers the right one about
-80% of the time, but it is not sharp enough against the other 18 candidates. The service therefore sums its logit with the first-stage cosine
-(`score = logit(p) + 13 x cosine`, `CATALENS_RERANK_WEIGHT`), which is what the README's
-table measures: a small gain, well short of the +20 points on colour swaps it was built for.
+Recall@1 by fusion weight w (0 = the reranker alone):
+
+| query set | {weight_cols} |
+|---|{weight_sep}
+{weight_rows}
 
 ## What it cannot do
 It knows only the generated world and only the `{base}` CLIP's features; with another
@@ -118,16 +119,30 @@ def _itm_card(folder: Path, summary: dict) -> str:
     from catalens.itm import ITM_WEIGHTS, ItmConfig
 
     config = ItmConfig.load(folder)
+    metrics = summary["metrics"]
     rows = "\n".join(
         f"| {k} | {m['clip']['recall@1']:.3f} | {m['reranked']['recall@1']:.3f} | {m['clip']['recall@10']:.3f} | "
-        f"{m['reranked']['recall@10']:.3f} |" for k, m in summary["metrics"].items())
-    weights = folder / ITM_WEIGHTS
+        f"{m['reranked']['recall@10']:.3f} |" for k, m in metrics.items())
+    weights = sorted({w for m in metrics.values() for w in m.get("recall@1_by_weight", {})}, key=float)
+    weight_rows = "\n".join(f"| {k} | " + " | ".join(f"{m['recall@1_by_weight'][w]:.3f}" for w in weights) + " |"
+                             for k, m in metrics.items())
+    if config.image_encoder == "conv":
+        image_side = "its own small convolutional encoder's 8 x 8 grid of tokens (finer than the CLIP's 4 x 4 patches), trained with the head"
+        feature_bytes = 64 * config.grid_width * 2
+    else:
+        image_side = "the frozen CLIP vision tower's patch tokens"
+        feature_bytes = 17 * config.image_width * 2
     args = summary.get("args", {})
+    weights_file = folder / ITM_WEIGHTS
     return ITM_TEMPLATE.format(
         name=folder.name, base=config.base_model, layers=config.layers, width=config.width, steps=summary["steps"],
-        n_images=args.get("n_images", 0), train_min=summary["train_seconds"] / 60, threads=summary["threads"],
-        seed=summary["seed"], params=_params(weights) / 1e6, size_kb=weights.stat().st_size / 1e3,
-        eval_n=summary["eval_products"], eval_seed=summary["eval_seed"], rows=rows)
+        batch=summary["batch_size"], n_images=args.get("n_images", 0), mined=args.get("mined", 0),
+        train_min=summary["train_seconds"] / 60, threads=summary["threads"], seed=summary["seed"],
+        params=_params(weights_file) / 1e6, size_kb=weights_file.stat().st_size / 1e3,
+        eval_n=summary["eval_products"], eval_seed=summary["eval_seed"], rows=rows,
+        weight=next((m.get("weight", 0) for m in metrics.values()), 0), image_side=image_side,
+        feature_bytes=feature_bytes, weight_cols=" | ".join(f"w = {float(w):g}" for w in weights),
+        weight_sep="---|" * len(weights), weight_rows=weight_rows)
 
 
 def _params(weights: Path) -> int:
