@@ -164,12 +164,12 @@ def evaluate_in_memory(model, preprocess, tokenizer, *, n_products: int, seed: i
     for i, p in enumerate(products):
         for view in range(p.n_views):
             img = world.render_product(p.spec, world._image_seed(seed, i, view))
-            tensors.append(preprocess(_jpeg_roundtrip(img)))
+            tensors.append(preprocess(jpeg_roundtrip(img)))
             owners.append(i)
     tmp = Path("/tmp") / f"catalens-eval-{seed}"
     queries = world.build_queries(products, seed=seed, n=300, out=tmp)
     with torch.inference_mode():
-        img_emb = _encode_images(model, torch.stack(tensors))
+        img_emb = encode_images(model, torch.stack(tensors))
         owner_t = torch.tensor(owners)
         results: dict[str, dict] = {}
         for qset in ("plain", "color_swap", "image"):
@@ -177,7 +177,7 @@ def evaluate_in_memory(model, preprocess, tokenizer, *, n_products: int, seed: i
             if not qs:
                 continue
             if qset == "image":
-                q_emb = _encode_images(model, torch.stack(
+                q_emb = encode_images(model, torch.stack(
                     [preprocess(Image.open(tmp / q["image"]).convert("RGB")) for q in qs]))
             else:
                 q_emb = model.encode_text(tokenizer([q["text"] for q in qs]), normalize=True)
@@ -191,7 +191,8 @@ def evaluate_in_memory(model, preprocess, tokenizer, *, n_products: int, seed: i
     return results
 
 
-def _jpeg_roundtrip(img):
+def jpeg_roundtrip(img):  # type: ignore[no-untyped-def]
+    """The image as the catalog stores it: saved as JPEG (quality 90) and decoded again."""
     from PIL import Image
 
     buf = io.BytesIO()
@@ -200,7 +201,8 @@ def _jpeg_roundtrip(img):
     return Image.open(buf).convert("RGB")
 
 
-def _encode_images(model, pixels, batch: int = 256):
+def encode_images(model, pixels, batch: int = 256):  # type: ignore[no-untyped-def]
+    """Normalised CLIP image embeddings of preprocessed pixels, in batches."""
     import torch
 
     return torch.cat([model.encode_image(pixels[i:i + batch], normalize=True)

@@ -24,7 +24,7 @@ from catalens import world
 from training.train_clip import (
     EVAL_SEED,
     TRAIN_SEED_OFFSET,
-    _encode_images,
+    encode_images,
     lr_at,
     param_groups,
     render_training_set,
@@ -117,7 +117,7 @@ def train_itm(args: argparse.Namespace) -> dict:
                        image_encoder=args.image_encoder, grid_width=args.grid_width)
     head = ItmHead(config)
     with torch.inference_mode():
-        clip_emb = _encode_images(clip.model, pixels)
+        clip_emb = encode_images(clip.model, pixels)
         tokens = None if conv else torch.cat([clip_image_tokens(clip.model, pixels[i:i + 256], args.token_layer)
                                              .to(torch.float16) for i in range(0, len(pixels), 256)])
     LOG.info("itm head: %.2fM parameters, image encoder %s; args %s",
@@ -237,7 +237,7 @@ def evaluate_reranking(clip, head, *, n_products: int, top_n: int = 20, seed: in
     from catalens.config import Settings
     from catalens.itm import clip_text_states, itm_image_features
     from retrieval.evaluation import score_rankings
-    from training.train_clip import _jpeg_roundtrip
+    from training.train_clip import jpeg_roundtrip
 
     default_w = Settings().rerank_weight
     weights = tuple(sorted({*weights, default_w}))
@@ -245,7 +245,7 @@ def evaluate_reranking(clip, head, *, n_products: int, top_n: int = 20, seed: in
     tensors, owners = [], []
     for i, p in enumerate(products):
         for view in range(p.n_views):
-            tensors.append(clip.preprocess(_jpeg_roundtrip(world.render_product(p.spec, world._image_seed(seed, i, view)))))
+            tensors.append(clip.preprocess(jpeg_roundtrip(world.render_product(p.spec, world._image_seed(seed, i, view)))))
             owners.append(i)
     tmp = Path("/tmp") / f"catalens-itm-eval-{seed}"
     queries = [q for q in world.build_queries(products, seed=seed, n=300, out=tmp) if "text" in q]
@@ -257,7 +257,7 @@ def evaluate_reranking(clip, head, *, n_products: int, top_n: int = 20, seed: in
         images_of[o].append(i)
     results: dict[str, dict] = {}
     with torch.inference_mode():
-        img_emb = _encode_images(clip.model, pixels)
+        img_emb = encode_images(clip.model, pixels)
         img_tok = torch.cat([itm_image_features(clip.model, head, pixels[i:i + 256]).to(torch.float16)
                              for i in range(0, len(pixels), 256)])
         for qset in ("plain", "color_swap"):
