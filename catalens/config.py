@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     rerank_features: bool = Field(default=True, description="store the reranker's image features at index time")
     rerank_top_n: int = Field(default=20, ge=1, le=100, description="candidates the reranker reads by default")
     rerank_budget_ms: float = Field(default=500.0, gt=0, description="past it, the first-stage order is returned")
-    rerank_weight: float = Field(default=13.0, ge=0, le=1000,
+    rerank_weight: float = Field(default=20.0, ge=0, le=1000,
                                  description="final score = logit(rerank score) + w * first-stage score (0: reranker only)")
 
     @field_validator("index_dir")

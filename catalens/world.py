@@ -218,8 +218,10 @@ def _pattern_layer(pattern: str, rng: random.Random) -> Image.Image:
     d = ImageDraw.Draw(layer)
     period = rng.randint(34, 44)
     offset = rng.randint(0, period)
+    # The secondary colour always covers the smaller area (about a third), as on real
+    # products: with equal areas, a colour-swapped twin would be the same picture.
     if pattern == "striped":
-        half = period // 2
+        half = period // 3
         if rng.random() < 0.5:
             for y in range(-period + offset, CANVAS, period):
                 d.rectangle((0, y, CANVAS, y + half), fill=255)
@@ -234,10 +236,11 @@ def _pattern_layer(pattern: str, rng: random.Random) -> Image.Image:
             for x in range(shift + offset % period - period, CANVAS + period, period):
                 d.ellipse((x - r, y - r, x + r, y + r), fill=255)
     elif pattern == "checkered":
+        inset = period // 8
         for i, y in enumerate(range(-offset, CANVAS, period)):
             for j, x in enumerate(range(-offset, CANVAS, period)):
                 if (i + j) % 2 == 0:
-                    d.rectangle((x, y, x + period - 1, y + period - 1), fill=255)
+                    d.rectangle((x + inset, y + inset, x + period - 1 - inset, y + period - 1 - inset), fill=255)
     return layer
 
 

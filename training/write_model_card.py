@@ -43,11 +43,8 @@ It knows only the generated world: twelve flat, outlined product shapes (t-shirt
 bag, lamp, chair, bottle, hat, watch, sofa, vase, table), thirteen colours and four patterns.
 It has never seen a photograph and its text tower has only seen template captions; on real
 products its embeddings are meaningless. Attribute binding (which colour is the main one) is
-weak, as for any CLIP: the colour-swap set shows it. Striped and checkered twins are
-(nearly) the same picture in this generator (equal areas of both colours), so no model can
-tell those apart; the bundled reranker (`catalens-itm`) helps on dotted ones. A bare
-"<colour> <category>" query reads as a solid product. Use a real open_clip model for real
-catalogs (see the README).
+weak, as for any CLIP: the colour-swap set measures it. A bare "<colour> <category>" query
+reads as a solid product. Use a real open_clip model for real catalogs (see the README).
 """
 
 ITM_TEMPLATE = """# {name}
@@ -85,9 +82,7 @@ Recall@1 by fusion weight w (0 = the reranker alone):
 ## What it cannot do
 It knows only the generated world and only the `{base}` CLIP's features; with another
 retrieval model it still needs `{base}` to compute its own features (the indexer does so).
-It does not write captions (use a CoCa reranker for `index build --caption`). It does not
-fix colour swaps of striped or checkered products: the generator paints both colours of
-those with equal areas, so the two twins are (nearly) the same picture (see the README).
+It does not write captions (use a CoCa reranker for `index build --caption`).
 """
 
 
