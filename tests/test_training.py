@@ -33,9 +33,12 @@ def test_reranker_training_smoke_run_learns_and_its_weights_load(tmp_path: Path)
 
     out = tmp_path / "itm"
     result = run_cli("train-model", "--kind", "itm", "--out", str(out), "--steps", "40", "--batch-size", "32",
-                     "--warmup", "3", "--n-images", "200", "--eval-products", "0", "--threads", "1", timeout=600)
+                     "--warmup", "3", "--n-images", "200", "--eval-products", "40", "--threads", "1", timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
+    # The evaluation ranks a held-out catalog both ways and sweeps the fusion weight.
+    plain = metrics["metrics"]["plain"]
+    assert plain["clip"]["n"] > 0 and set(plain["recall@1_by_weight"]) >= {"0.0", "20.0"}
     losses = [h["loss"] for h in metrics["loss_history"]]
     assert losses[-1] < losses[0], losses
     assert (out / "MODEL_CARD.md").is_file() and (out / "itm.safetensors").stat().st_size < 5 * 1024 * 1024

@@ -34,7 +34,6 @@ from training.train_clip import (
 LOG = logging.getLogger("catalens.train")
 ITM_SEED_OFFSET = 2_000  # another slice of the world than the CLIP's training data
 FUSION_WEIGHTS = (0.0, 5.0, 10.0, 20.0)  # first-stage weights the evaluation also reports
-LOGIT_CLAMP = 13.8155  # the service clips match probabilities to [1e-6, 1 - 1e-6]
 
 
 @dataclass(frozen=True)
@@ -237,6 +236,7 @@ def evaluate_reranking(clip, head, *, n_products: int, top_n: int = 20, seed: in
     from catalens.config import Settings
     from catalens.itm import clip_text_states, itm_image_features
     from retrieval.evaluation import score_rankings
+    from retrieval.searcher import fused_score
     from training.train_clip import jpeg_roundtrip
 
     default_w = Settings().rerank_weight
@@ -273,11 +273,12 @@ def evaluate_reranking(clip, head, *, n_products: int, top_n: int = 20, seed: in
                 best = torch.full((len(products),), -2.0).scatter_reduce(0, owner_t, sims[qi], reduce="amax")
                 top = best.topk(top_n)
                 rows = [max(images_of[p], key=lambda i: float(sims[qi, i])) for p in top.indices.tolist()]
-                logits = head(states[qi:qi + 1].expand(len(rows), -1, -1), pad[qi:qi + 1].expand(len(rows), -1),
-                              img_tok[rows].float()).clamp(-LOGIT_CLAMP, LOGIT_CLAMP)
+                probs = torch.sigmoid(head(states[qi:qi + 1].expand(len(rows), -1, -1),
+                                           pad[qi:qi + 1].expand(len(rows), -1), img_tok[rows].float())).tolist()
                 ranked_clip.append([products[p].product_id for p in top.indices[:10].tolist()])
-                for w in weights:
-                    order = torch.argsort(logits + w * top.values, descending=True)[:10].tolist()
+                for w in weights:  # fused exactly as the service fuses
+                    fused = [fused_score(pr, cos, w) for pr, cos in zip(probs, top.values.tolist())]
+                    order = sorted(range(len(rows)), key=lambda o: -fused[o])[:10]
                     ranked[w].append([products[int(top.indices[o])].product_id for o in order])
             rel = [set(q["relevant"]) for q in qs]
             results[qset] = {
@@ -286,11 +287,3 @@ def evaluate_reranking(clip, head, *, n_products: int, top_n: int = 20, seed: in
                 "recall@1_by_weight": {str(w): score_rankings(ranked[w], rel)["recall@1"] for w in weights},
             }
     return results
-
-
-def describe_metrics(metrics: dict) -> str:
-    return "; ".join(f"{k}: R@1 {v['clip']['recall@1']:.3f} -> {v['reranked']['recall@1']:.3f}"
-                     for k, v in metrics.items())
-
-
-

@@ -67,7 +67,8 @@ fp16). {layers} blocks of [text self-attention, text-to-image cross-attention, M
 
 ## Metrics
 Reranking the CLIP's top 20 on a held-out catalog ({eval_n} products, seed {eval_seed}), fused
-as the service does: `score = logit(p) + w x cosine` (`CATALENS_RERANK_WEIGHT`, w = {weight:g}).
+as the service does: `score = logit(p) + w x cosine`, w = {weight:g} (the default when it was trained;
+`CATALENS_RERANK_WEIGHT` sets it, default now {current:g}).
 
 | query set | CLIP R@1 | reranked R@1 | CLIP R@10 | reranked R@10 |
 |---|---|---|---|---|
@@ -116,6 +117,7 @@ def _clip_card(folder: Path, summary: dict) -> str:
 
 
 def _itm_card(folder: Path, summary: dict) -> str:
+    from catalens.config import Settings
     from catalens.itm import ITM_WEIGHTS, ItmConfig
 
     config = ItmConfig.load(folder)
@@ -141,7 +143,8 @@ def _itm_card(folder: Path, summary: dict) -> str:
         train_min=summary["train_seconds"] / 60, threads=summary["threads"], seed=summary["seed"],
         params=_params(weights_file) / 1e6, size_kb=weights_file.stat().st_size / 1e3,
         eval_n=summary["eval_products"], eval_seed=summary["eval_seed"], rows=rows,
-        weight=next((m.get("weight", 0) for m in metrics.values()), 0), image_side=image_side,
+        weight=next((m.get("weight", 0) for m in metrics.values()), 0), current=Settings().rerank_weight,
+        image_side=image_side,
         feature_bytes=feature_bytes, weight_cols=" | ".join(f"w = {float(w):g}" for w in weights),
         weight_sep="---|" * len(weights), weight_rows=weight_rows)
 
