@@ -3,7 +3,8 @@
 It sits on a frozen CLIP: the CLIP text tower gives per-token states of the query. The image
 tokens come either from the CLIP vision tower (`image_encoder="clip"`) or from the head's own
 small convolutional encoder on the same pixels (`"conv"`: an 8x8 grid, finer than the bundled
-CLIP's 4x4 patches, trained with the head). They are computed once at index time and stored,
+CLIP's 4x4 patches, trained with the head; `"conv+clip"`: the grid and the CLIP's ViT tokens
+together). They are computed once at index time and stored,
 and a few cross-attention blocks with a binary match head read the query against them. Unlike
 two pooled vectors, this can tell "red mug with blue dots" from "blue mug with red dots".
 """
@@ -33,8 +34,9 @@ class ItmConfig:
     layers: int = 2
     heads: int = 4
     token_layer: int = -1  # image tokens after this many ViT blocks (0: patch embeddings); -1: final, normed
-    image_encoder: str = "clip"  # "clip": the CLIP's ViT tokens; "conv": the head's own encoder
+    image_encoder: str = "clip"  # "clip": the CLIP's ViT tokens; "conv": the head's own encoder; "conv+clip": both
     grid_width: int = 64  # channels of the conv encoder's tokens (what is stored per grid cell)
+    clip_width: int = 0  # width of the CLIP ViT tokens that "conv+clip" reads beside its grid
 
     def save(self, folder: Path) -> None:
         (folder / ITM_CONFIG).write_text(json.dumps(asdict(self), indent=2))
@@ -88,13 +90,23 @@ class ItmHead(nn.Module):
     def __init__(self, config: ItmConfig) -> None:
         super().__init__()
         self.config = config
-        self.encoder = ConvTokens(config.grid_width) if config.image_encoder == "conv" else None
+        self.encoder = ConvTokens(config.grid_width) if config.image_encoder.startswith("conv") else None
+        # "conv+clip": the CLIP's ViT tokens join the grid (projected to its width), so the head can
+        # take category and pattern from the well-trained CLIP and colour placement from the finer grid
+        self.clip_token = nn.Linear(config.clip_width, config.grid_width) if config.image_encoder == "conv+clip" else None
         self.text_in = nn.Linear(config.text_width, config.width)
         self.image_in = nn.Linear(config.image_width, config.width)
         self.image_ln = nn.LayerNorm(config.width)
         self.blocks = nn.ModuleList(CrossBlock(config.width, config.heads) for _ in range(config.layers))
         self.ln_out = nn.LayerNorm(config.width)
         self.head = nn.Linear(config.width, 1)
+
+    def image_tokens(self, pixels: torch.Tensor, clip_tokens: torch.Tensor | None) -> torch.Tensor:
+        """The conv grid of `pixels`, followed by the projected CLIP ViT tokens for "conv+clip"."""
+        grid = self.encoder(pixels)
+        if self.clip_token is None:
+            return grid
+        return torch.cat([grid, self.clip_token(clip_tokens.to(grid.dtype))], dim=1)
 
     def forward(self, text: torch.Tensor, pad: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         x = self.text_in(text)
@@ -141,9 +153,10 @@ def clip_image_tokens(model: Any, pixels: torch.Tensor, token_layer: int = -1) -
 
 
 def itm_image_features(clip_model: Any, head: ItmHead, pixels: torch.Tensor) -> torch.Tensor:
-    """The image tokens `head` reads: its own conv grid, or the CLIP's ViT tokens."""
+    """The image tokens `head` reads: its own conv grid (and the CLIP's ViT tokens), or the CLIP's ViT tokens."""
     if head.encoder is not None:
-        return head.encoder(pixels)
+        clip_tokens = clip_image_tokens(clip_model, pixels, head.config.token_layer) if head.clip_token is not None else None
+        return head.image_tokens(pixels, clip_tokens)
     return clip_image_tokens(clip_model, pixels, head.config.token_layer)
 
 

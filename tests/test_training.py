@@ -49,7 +49,27 @@ def test_reranker_training_smoke_run_learns_and_its_weights_load(tmp_path: Path)
 
     pixels = torch.stack([reranker.preprocess(Image.new("RGB", (64, 64), (200, 30, 30)))] * 3)
     features = reranker.image_features(pixels)
-    assert features.shape == (3, 64, 64) and features.dtype == np.float16  # its own 8 x 8 grid, 64 channels
+    # its own 8 x 8 grid, then the CLIP's 16 patch tokens and class token, all 64 channels wide
+    assert features.shape == (3, 64 + 17, 64) and features.dtype == np.float16
     assert not reranker.reads_clip_tokens
     scores = reranker.score("red mug", features)
     assert scores.shape == (3,) and np.all((scores >= 0) & (scores <= 1))
+
+
+def test_reranker_extra_negatives_differ_from_the_caption_product_in_one_attribute() -> None:
+    import random
+
+    from catalens import world
+    from training.train_itm import ONE_OFF, _one_off, _one_off_index, itm_caption
+
+    rng = random.Random(3)
+    specs = [world.random_spec(rng) for _ in range(3000)]
+    index = _one_off_index(specs)
+    found = {attr: 0 for attr in ONE_OFF}
+    for spec in specs[:200]:
+        caption = itm_caption(spec, rng)
+        for j in _one_off(specs, index, caption, 1, rng):
+            differs = [a for a in ("category", "main", "secondary", "pattern") if getattr(specs[j], a) != getattr(spec, a)]
+            assert len(differs) == 1 and differs[0] in ONE_OFF, (spec, specs[j])
+            found[differs[0]] += 1
+    assert all(n > 20 for n in found.values()), found

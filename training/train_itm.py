@@ -2,10 +2,11 @@
 
 Each batch holds whole families of specs that differ in one attribute (swapped colours,
 another pattern, main or secondary colour), rendered as images. Every caption is scored
-against every image of its family, one random image and images mined from the frozen CLIP's
-own top 20 for that caption (the candidates the reranker will see when serving); a pair is
-a match when every attribute the caption names agrees with the image. The image side is the
-CLIP's ViT tokens (precomputed once) or the head's own conv encoder, trained with it.
+against every image of its family, one random image, images mined from the frozen CLIP's
+own top 20 for that caption (the candidates the reranker will see when serving) and images
+that differ from its product only in category or only in secondary colour; a pair is a match
+when every attribute the caption names agrees with the image. The image side is the head's
+own conv grid, trained with it, and/or the CLIP's ViT tokens (precomputed once).
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ FUSION_WEIGHTS = (0.0, 5.0, 10.0, 20.0)  # first-stage weights the evaluation al
 
 @dataclass(frozen=True)
 class Caption:
-    """A caption and the attributes it names (the others it leaves open)."""
+    """A caption of `spec` and the attributes it names (the others it leaves open)."""
 
     text: str
     names: dict[str, str | None]
+    spec: world.ProductSpec
 
     def agrees_with(self, spec: world.ProductSpec) -> bool:
         return all(getattr(spec, attr) == value for attr, value in self.names.items())
@@ -56,9 +58,9 @@ def itm_caption(spec: world.ProductSpec, rng: random.Random) -> Caption:
     if spec.secondary is None:
         form = rng.randrange(3)
         if form == 0:
-            return Caption(f"{main} {cat}", base)
+            return Caption(f"{main} {cat}", base, spec)
         text = f"a {main} {cat} with no pattern" if form == 1 else f"{adj} {main} {cat}"
-        return Caption(text, {**base, "pattern": spec.pattern})
+        return Caption(text, {**base, "pattern": spec.pattern}, spec)
     second = rng.choice(world.COLOUR_SYNONYMS[spec.secondary])
     noun = rng.choice(world.PATTERN_NOUNS[spec.pattern])
     with_pattern = {**base, "pattern": spec.pattern}
@@ -71,7 +73,7 @@ def itm_caption(spec: world.ProductSpec, rng: random.Random) -> Caption:
         (f"{main} {cat}", base),
     ]
     text, names = rng.choice(forms)
-    return Caption(text, names)
+    return Caption(text, names, spec)
 
 
 def add_itm_args(parser: argparse.ArgumentParser) -> None:
@@ -81,11 +83,15 @@ def add_itm_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--itm-layers", type=int, default=2, help="(itm) cross-attention blocks")
     parser.add_argument("--token-layer", type=int, default=-1,
                         help="(itm) image tokens after this many ViT blocks (0: patch embeddings; -1: final)")
-    parser.add_argument("--image-encoder", choices=["clip", "conv"], default="conv",
-                        help="(itm) image tokens: the CLIP's ViT tokens, or the head's own conv grid")
+    parser.add_argument("--image-encoder", choices=["clip", "conv", "conv+clip"], default="conv+clip",
+                        help="(itm) image tokens: the CLIP's ViT tokens, the head's own conv grid, or the grid"
+                             " with the CLIP's ViT tokens")
     parser.add_argument("--grid-width", type=int, default=64, help="(itm) channels per conv grid token (stored)")
     parser.add_argument("--mined", type=int, default=2,
                         help="(itm) negatives per caption drawn from the frozen CLIP's top 20 for it")
+    parser.add_argument("--one-off-negatives", type=int, default=1,
+                        help="(itm) images per caption that differ from its product only in category, and as many"
+                             " only in secondary colour")
 
 
 def train_itm(args: argparse.Namespace) -> dict:
@@ -108,17 +114,19 @@ def train_itm(args: argparse.Namespace) -> dict:
                                                 clip.image_size, args.threads, views=1)
     pixels = _normalised(images[:, 0])
     LOG.info("rendered %d specs in %d families in %.0fs", len(specs), len(groups), time.time() - t0)
-    conv = args.image_encoder == "conv"
+    one_off = _one_off_index(specs)
+    conv = args.image_encoder.startswith("conv")
+    with torch.inference_mode():
+        clip_emb = encode_images(clip.model, pixels)
+        tokens = None if args.image_encoder == "conv" else torch.cat([clip_image_tokens(clip.model, pixels[i:i + 256], args.token_layer)
+                                             .to(torch.float16) for i in range(0, len(pixels), 256)])
     text_width = int(clip.model.ln_final.weight.shape[0])
     config = ItmConfig(base_model=args.base_model, text_width=text_width,
                        image_width=args.grid_width if conv else int(clip.model.visual.transformer.width),
                        width=args.itm_width, layers=args.itm_layers, token_layer=args.token_layer,
-                       image_encoder=args.image_encoder, grid_width=args.grid_width)
+                       image_encoder=args.image_encoder, grid_width=args.grid_width,
+                       clip_width=int(tokens.shape[2]) if args.image_encoder == "conv+clip" else 0)
     head = ItmHead(config)
-    with torch.inference_mode():
-        clip_emb = encode_images(clip.model, pixels)
-        tokens = None if conv else torch.cat([clip_image_tokens(clip.model, pixels[i:i + 256], args.token_layer)
-                                             .to(torch.float16) for i in range(0, len(pixels), 256)])
     LOG.info("itm head: %.2fM parameters, image encoder %s; args %s",
              sum(p.numel() for p in head.parameters()) / 1e6, args.image_encoder, vars(args))
     opt = torch.optim.AdamW(param_groups(head, 0.05), lr=args.lr, betas=(0.9, 0.98), eps=1e-6)
@@ -131,12 +139,16 @@ def train_itm(args: argparse.Namespace) -> dict:
         with torch.no_grad():
             text = clip.tokenizer([c.text for c in captions])
             states, pad = clip_text_states(clip.model, text)
-            mined = _mine(clip.model.encode_text(text, normalize=True) @ clip_emb.T, args.mined, rng)
+            text_emb = clip.model.encode_text(text, normalize=True)
+            mined = _mine(text_emb @ clip_emb.T, args.mined, rng)
+            for extra, caption in zip(mined, captions):
+                extra.extend(_one_off(specs, one_off, caption, args.one_off_negatives, rng))
         text_idx, image_idx, labels = _pairs(specs, captions, families, mined, rng)
         if conv:
             used = sorted(set(image_idx))
             slot = {j: k for k, j in enumerate(used)}
-            image = head.encoder(pixels[used])[[slot[j] for j in image_idx]]
+            clip_tokens = None if tokens is None else tokens[used].float()
+            image = head.image_tokens(pixels[used], clip_tokens)[[slot[j] for j in image_idx]]
         else:
             image = tokens[image_idx].float()
         logits = head(states[text_idx], pad[text_idx], image)
@@ -206,6 +218,33 @@ def _mine(sims, per_caption: int, rng: random.Random, top: int = 20) -> list[lis
         return [[] for _ in range(len(sims))]
     ranked = sims.topk(top, dim=1).indices.tolist()
     return [rng.sample(row, per_caption) for row in ranked]
+
+
+ONE_OFF = ("category", "secondary")  # attributes in which extra negatives differ from the caption's product
+
+
+def _one_off_index(specs: list[world.ProductSpec]) -> dict[tuple, list[int]]:
+    """Spec indices keyed by (attribute left out, the other attributes' values)."""
+    index: dict[tuple, list[int]] = {}
+    for i, spec in enumerate(specs):
+        for attr in ONE_OFF:
+            index.setdefault(_one_off_key(spec, attr), []).append(i)
+    return index
+
+
+def _one_off_key(spec: world.ProductSpec, attr: str) -> tuple:
+    return (attr, *(getattr(spec, a) for a in ("category", "main", "secondary", "pattern") if a != attr))
+
+
+def _one_off(specs: list[world.ProductSpec], index: dict[tuple, list[int]], caption: Caption, n: int,
+             rng: random.Random) -> list[int]:
+    """Per attribute in ONE_OFF, up to n images that differ from the caption's product only there."""
+    spec = caption.spec
+    out: list[int] = []
+    for attr in ONE_OFF:
+        others = [i for i in index.get(_one_off_key(spec, attr), []) if getattr(specs[i], attr) != getattr(spec, attr)]
+        out.extend(rng.sample(others, min(n, len(others))))
+    return out
 
 
 def _pairs(specs: list[world.ProductSpec], captions: list[Caption], families: list[list[int]],

@@ -59,16 +59,18 @@ fp16). {layers} blocks of [text self-attention, text-to-image cross-attention, M
 ## Training
 - {steps} steps of {batch} captions, {n_images:,} rendered specs in families of hard negatives
   (the colour-swapped twin, another pattern, another main or secondary colour). Every caption
-  is scored against every image of its family, one random image and {mined} images drawn from
-  the frozen CLIP's own top 20 for it (the candidates it will rerank when serving); a pair is
+  is scored against every image of its family, one random image, {mined} images drawn from
+  the frozen CLIP's own top 20 for it (the candidates it will rerank when serving), and
+  {one_off} image(s) that differ from its product only in category and {one_off} only in
+  secondary colour; a pair is
   a match when every attribute the caption names agrees with the image. Binary cross-entropy
   with positives re-weighted. {train_min:.1f} min on {threads} CPU threads; seed {seed}.
   {params:.2f} M parameters, fp16 safetensors ({size_kb:.0f} KB).
 
 ## Metrics
 Reranking the CLIP's top 20 on a held-out catalog ({eval_n} products, seed {eval_seed}), fused
-as the service does: `score = logit(p) + w x cosine`, w = {weight:g} (the default when it was trained;
-`CATALENS_RERANK_WEIGHT` sets it, default now {current:g}).
+as the service does: `score = logit(p) + w x cosine`, w = {weight:g} (the service default when it was
+trained; `CATALENS_RERANK_WEIGHT` sets it, default now {current:g}).
 
 | query set | CLIP R@1 | reranked R@1 | CLIP R@10 | reranked R@10 |
 |---|---|---|---|---|
@@ -83,7 +85,10 @@ Recall@1 by fusion weight w (0 = the reranker alone):
 ## What it cannot do
 It knows only the generated world and only the `{base}` CLIP's features; with another
 retrieval model it still needs `{base}` to compute its own features (the indexer does so).
-It does not write captions (use a CoCa reranker for `index build --caption`).
+It does not write captions (use a CoCa reranker for `index build --caption`). It reads colours
+no better than the CLIP: on near colours (navy, black, blue, grey, purple) and patterns at
+64 px it can override a right first-stage order, which is why it does not raise colour-swap
+Recall@1 (see the README's Reranking section).
 """
 
 
@@ -128,13 +133,13 @@ def _itm_card(folder: Path, summary: dict) -> str:
     weights = sorted({w for m in metrics.values() for w in m.get("recall@1_by_weight", {})}, key=float)
     weight_rows = "\n".join(f"| {k} | " + " | ".join(f"{m['recall@1_by_weight'][w]:.3f}" for w in weights) + " |"
                              for k, m in metrics.items())
-    if config.image_encoder == "conv":
-        image_side = ("its own small convolutional encoder's 8 x 8 grid of tokens (finer than the CLIP's\n"
-                      "4 x 4 patches), trained with the head")
-        feature_bytes = 64 * config.grid_width * 2
-    else:
-        image_side = "the frozen CLIP vision tower's patch tokens"
-        feature_bytes = 17 * config.image_width * 2
+    image_side = {
+        "conv": "its own small convolutional encoder's grid of tokens (finer than the CLIP's patches),\n"
+                "trained with the head",
+        "conv+clip": "its own small convolutional encoder's grid of tokens (finer than the CLIP's\n"
+                     "patches), trained with the head, followed by the frozen CLIP's ViT tokens projected to\n"
+                     "the grid's width",
+    }.get(config.image_encoder, "the frozen CLIP vision tower's patch tokens")
     args = summary.get("args", {})
     weights_file = folder / ITM_WEIGHTS
     return ITM_TEMPLATE.format(
@@ -144,9 +149,18 @@ def _itm_card(folder: Path, summary: dict) -> str:
         params=_params(weights_file) / 1e6, size_kb=weights_file.stat().st_size / 1e3,
         eval_n=summary["eval_products"], eval_seed=summary["eval_seed"], rows=rows,
         weight=next((m.get("weight", 0) for m in metrics.values()), 0), current=Settings().rerank_weight,
-        image_side=image_side,
-        feature_bytes=feature_bytes, weight_cols=" | ".join(f"w = {float(w):g}" for w in weights),
+        image_side=image_side, feature_bytes=_feature_bytes(folder), one_off=args.get("one_off_negatives", 0), weight_cols=" | ".join(f"w = {float(w):g}" for w in weights),
         weight_sep="---|" * len(weights), weight_rows=weight_rows)
+
+
+def _feature_bytes(folder: Path) -> int:
+    """Bytes stored per image: the features of one rendered product, as the indexer computes them."""
+    from catalens import world
+    from catalens.reranker import load_itm_reranker
+
+    reranker = load_itm_reranker(folder)
+    image = world.render_product(world.ProductSpec("mug", "red", "blue", "dotted"), seed=0)
+    return int(reranker.image_features(reranker.preprocess(image).unsqueeze(0)).nbytes)
 
 
 def _params(weights: Path) -> int:
