@@ -152,12 +152,20 @@ def clip_image_tokens(model: Any, pixels: torch.Tensor, token_layer: int = -1) -
     return _vit_blocks(model, pixels, token_layer)[0]
 
 
-def itm_image_features(clip_model: Any, head: ItmHead, pixels: torch.Tensor) -> torch.Tensor:
-    """The image tokens `head` reads: its own conv grid (and the CLIP's ViT tokens), or the CLIP's ViT tokens."""
-    if head.encoder is not None:
-        clip_tokens = clip_image_tokens(clip_model, pixels, head.config.token_layer) if head.clip_token is not None else None
-        return head.image_tokens(pixels, clip_tokens)
-    return clip_image_tokens(clip_model, pixels, head.config.token_layer)
+def itm_image_features(clip_model: Any, head: ItmHead, pixels: torch.Tensor,
+                       clip_tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """The image tokens `head` reads: its own conv grid (and the CLIP's ViT tokens), or the CLIP's ViT tokens.
+
+    `clip_tokens` are the CLIP's ViT tokens of `pixels` when a caller already has them (the indexer's one pass).
+    """
+    if clip_tokens is None and reads_clip_tokens(head):
+        clip_tokens = clip_image_tokens(clip_model, pixels, head.config.token_layer)
+    return clip_tokens if head.encoder is None else head.image_tokens(pixels, clip_tokens)
+
+
+def reads_clip_tokens(head: ItmHead) -> bool:
+    """True when the head's features include the CLIP's own ViT tokens."""
+    return head.encoder is None or head.clip_token is not None
 
 
 def clip_image_embeddings_and_tokens(model: Any, pixels: torch.Tensor,

@@ -59,19 +59,21 @@ class BundledItmReranker:
     def preprocess(self, image: Any) -> Any:
         return self.clip.preprocess(image)
 
-    def image_features(self, pixels: Any) -> np.ndarray:
+    def image_features(self, pixels: Any, clip_tokens: Any = None) -> np.ndarray:
         import torch
 
         from catalens.itm import itm_image_features
 
         with torch.inference_mode():
-            tokens = itm_image_features(self.clip.model, self.head, pixels.to(self.clip.device))
+            tokens = itm_image_features(self.clip.model, self.head, pixels.to(self.clip.device), clip_tokens)
         return tokens.to(torch.float16).cpu().numpy()
 
     @property
     def reads_clip_tokens(self) -> bool:
-        """True when the stored features are the CLIP's own ViT tokens (one vision pass gives both)."""
-        return self.head.encoder is None
+        """True when the stored features include the CLIP's own ViT tokens (one vision pass gives both)."""
+        from catalens.itm import reads_clip_tokens
+
+        return reads_clip_tokens(self.head)
 
     def score(self, query: str, features: np.ndarray) -> np.ndarray:
         import torch

@@ -40,15 +40,15 @@ class Embedder:
 
         if getattr(self.reranker, "clip", None) is not self.encoder or not self.reranker.reads_clip_tokens:
             return None
+        batch = torch.stack(pixels).to(self.encoder.device)
         with torch.inference_mode():
-            both = clip_image_embeddings_and_tokens(self.encoder.model, torch.stack(pixels).to(self.encoder.device),
-                                                    self.reranker.head.config.token_layer)
+            both = clip_image_embeddings_and_tokens(self.encoder.model, batch, self.reranker.head.config.token_layer)
         if both is None:
             return None
         self.calls += 1
         self.items += len(pixels)
         vectors, tokens = both
-        return vectors.float().cpu().numpy(), tokens.to(torch.float16).cpu().numpy()
+        return vectors.float().cpu().numpy(), self.reranker.image_features(batch, tokens)
 
     def rerank_features(self, pixels: list[Any]) -> np.ndarray:
         """The reranker's stored image features (fp16), from its own preprocessed pixels."""

@@ -51,7 +51,7 @@ def test_reranker_training_smoke_run_learns_and_its_weights_load(tmp_path: Path)
     features = reranker.image_features(pixels)
     # its own 8 x 8 grid, then the CLIP's 16 patch tokens and class token, all 64 channels wide
     assert features.shape == (3, 64 + 17, 64) and features.dtype == np.float16
-    assert not reranker.reads_clip_tokens
+    assert reranker.reads_clip_tokens  # so the indexer takes vectors and features from one vision pass
     scores = reranker.score("red mug", features)
     assert scores.shape == (3,) and np.all((scores >= 0) & (scores <= 1))
 
