@@ -62,9 +62,8 @@ fp16). {layers} blocks of [text self-attention, text-to-image cross-attention, M
   is scored against every image of its family, one random image, {mined} images drawn from
   the frozen CLIP's own top 20 for it (the candidates it will rerank when serving), and
   {one_off} image(s) that differ from its product only in category and {one_off} only in
-  secondary colour; a pair is
-  a match when every attribute the caption names agrees with the image. Binary cross-entropy
-  with positives re-weighted. {train_min:.1f} min on {threads} CPU threads; seed {seed}.
+  secondary colour; a pair is a match when every attribute the caption names agrees with
+  the image. Binary cross-entropy with positives re-weighted. {train_min:.1f} min on {threads} CPU threads; seed {seed}.
   {params:.2f} M parameters, fp16 safetensors ({size_kb:.0f} KB).
 
 ## Metrics
@@ -85,9 +84,9 @@ Recall@1 by fusion weight w (0 = the reranker alone):
 ## What it cannot do
 It knows only the generated world and only the `{base}` CLIP's features; with another
 retrieval model it still needs `{base}` to compute its own features (the indexer does so).
-It does not write captions (use a CoCa reranker for `index build --caption`). It reads colours
-no better than the CLIP: on near colours (navy, black, blue, grey, purple) and patterns at
-64 px it can override a right first-stage order, which is why it does not raise colour-swap
+It does not write captions (use a CoCa reranker for `index build --caption`). On near colours
+(grey / purple, blue / teal, navy / black) and on stripes versus dots or checks at 64 px it
+can still override a right first-stage order, so it does not reliably raise colour-swap
 Recall@1 (see the README's Reranking section).
 """
 
@@ -149,7 +148,8 @@ def _itm_card(folder: Path, summary: dict) -> str:
         params=_params(weights_file) / 1e6, size_kb=weights_file.stat().st_size / 1e3,
         eval_n=summary["eval_products"], eval_seed=summary["eval_seed"], rows=rows,
         weight=next((m.get("weight", 0) for m in metrics.values()), 0), current=Settings().rerank_weight,
-        image_side=image_side, feature_bytes=_feature_bytes(folder), one_off=args.get("one_off_negatives", 0), weight_cols=" | ".join(f"w = {float(w):g}" for w in weights),
+        image_side=image_side, feature_bytes=_feature_bytes(folder), one_off=args.get("one_off_negatives", 0),
+        weight_cols=" | ".join(f"w = {float(w):g}" for w in weights),
         weight_sep="---|" * len(weights), weight_rows=weight_rows)
 
 
