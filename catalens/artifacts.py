@@ -8,18 +8,20 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
+import sqlite3
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 import numpy as np
 
-from catalens.errors import IndexArtifactError, IndexNotReadyError
+from catalens.errors import CatalensError, IndexArtifactError, IndexNotReadyError, InsufficientStorageError
 
 MANIFEST = "manifest.json"
 ACTIVE = "ACTIVE"
@@ -31,19 +33,9 @@ EXACT_LIMIT = 50_000  # below this many vectors exact search is fast enough and 
 HNSW_EF_SEARCH = 128
 IVF_NPROBE = 16
 FORMAT_VERSION = 1
-
-
-class VectorIndex(Protocol):
-    """The small surface the rest of Catalens uses, so FAISS can be swapped for e.g. Milvus."""
-
-    @property
-    def ntotal(self) -> int: ...
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
-
-    def search_subset(self, queries: np.ndarray, k: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
-
-    def reconstruct(self, ids: np.ndarray) -> np.ndarray: ...
+# Text-only fallback vectors (products whose every image failed) share the image index
+# under ids offset by this base, so they can never collide with image row ids.
+TEXT_ID_BASE = 1 << 40
 
 
 def default_factory(n: int) -> str:
@@ -57,14 +49,48 @@ def default_factory(n: int) -> str:
 
 
 class FaissIndex:
-    """Inner-product FAISS index over normalised vectors with explicit int64 ids (IDMap2)."""
+    """Inner-product FAISS index over normalised vectors with explicit int64 ids (IDMap2).
+
+    Filtered search (`search_filtered`) runs inside FAISS: the allowed ids become an
+    IDSelector over the inner index's row positions, passed in the SearchParameters of
+    the index type (their efSearch / nprobe default to 16 / 1, not to the values saved
+    with the index, so those are always passed explicitly). Each query gets exactly
+    min(k, allowed) results on any index type and at any selectivity:
+
+    * few allowed vectors (<= GATHER_MAX): reconstruct them and score them all, exactly;
+    * HNSW: the graph walk with the selector when at least HNSW_MIN_SELECTIVITY of the
+      vectors pass (below, the walk returns too few and misses matches); efSearch raised
+      x4 (twice) while a query comes back short, then an exact scan of the flat storage;
+    * IVF: nprobe scaled up as the filter narrows (IVF_PROBE_SELECTIVITY), raised x4
+      while a query comes back short; at nprobe = nlist the search is exhaustive;
+    * Flat and other exhaustive indexes: the search with the selector is exact already.
+    Selectors: a bitmap over the positions (constant-time test), or IDSelectorBatch (a
+    hash set) when the allowed set is under 1/BATCH_SELECTOR_RATIO of the index, where
+    the bitmap's O(ntotal) construction would dominate. Measured in tests/test_vector_search.py.
+    """
+
+    GATHER_MAX = 4096
+    GATHER_CHUNK = 65_536
+    HNSW_MIN_SELECTIVITY = 0.05
+    HNSW_EF_RETRIES = 1
+    BATCH_SELECTOR_RATIO = 64
+
+    @staticmethod
+    def _faiss() -> Any:
+        """The faiss module, untyped: the stubs bundled with faiss 1.15 lack most of the API used here."""
+        import faiss
+
+        return faiss
 
     def __init__(self, index) -> None:  # type: ignore[no-untyped-def]
         self.index = index
+        # (ntotal, id of each row, sorted ids, row of each sorted id): built on first filtered search
+        self._rows: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._lists: tuple[int, np.ndarray] | None = None  # (ntotal, list of each row), IVF only
 
     @classmethod
     def build(cls, vectors: np.ndarray, ids: np.ndarray, *, factory: str) -> FaissIndex:
-        import faiss
+        faiss = FaissIndex._faiss()
 
         dim = vectors.shape[1] if vectors.ndim == 2 else 0
         try:
@@ -82,23 +108,51 @@ class FaissIndex:
             inner.hnsw.efSearch = HNSW_EF_SEARCH
         elif hasattr(inner, "nprobe"):
             inner.nprobe = min(IVF_NPROBE, int(inner.nlist))
+        cls._ensure_direct_map(inner)
         if len(vectors):
             index.add_with_ids(vectors, np.ascontiguousarray(ids, dtype=np.int64))
         return cls(index)
 
+    @staticmethod
+    def _ensure_direct_map(inner) -> None:  # type: ignore[no-untyped-def]
+        """IVF rows can be reconstructed only through a direct map (row -> list slot); saved with the index.
+
+        Not for IVF fast-scan: in faiss 1.15 reconstructing from one that was saved and
+        loaded with a direct map crashes the process (its filtered search needs none).
+        """
+        faiss = FaissIndex._faiss()
+
+        ivf = faiss.try_extract_index_ivf(inner)  # also under a pre-transform (PCA, OPQ)
+        if ivf is None:
+            return
+        ivf = faiss.downcast_index(ivf)
+        if not isinstance(ivf, faiss.IndexIVFFastScan) and ivf.direct_map.type == faiss.DirectMap.NoMap:
+            ivf.make_direct_map()
+
     @classmethod
     def load(cls, path: Path) -> FaissIndex:
-        import faiss
+        faiss = FaissIndex._faiss()
 
         try:
-            return cls(faiss.read_index(str(path)))
+            index = faiss.read_index(str(path))
         except RuntimeError as exc:
             raise IndexArtifactError(f"cannot read index file {path}: {exc}") from exc
+        if hasattr(index, "index"):  # versions built before IVF indexes kept a direct map
+            cls._ensure_direct_map(faiss.downcast_index(index.index))
+        return cls(index)
 
     def save(self, path: Path) -> None:
-        import faiss
+        """Stream the index through Python file I/O, then fsync.
 
-        faiss.write_index(self.index, str(path))
+        A full disk then raises OSError(ENOSPC) here; faiss' own file writer reports a
+        failed final flush only on stderr, leaving a silently truncated file.
+        """
+        faiss = FaissIndex._faiss()
+
+        with open(path, "wb") as fh:
+            faiss.write_index(self.index, faiss.PyCallbackIOWriter(fh.write))
+            fh.flush()
+            os.fsync(fh.fileno())
 
     @property
     def ntotal(self) -> int:
@@ -114,15 +168,173 @@ class FaissIndex:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
         return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
-    def search_subset(self, queries: np.ndarray, k: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Exact search restricted to the given ids, all of which must be in the index."""
-        if len(ids) == 0:
+    def search_filtered(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The best k among the allowed ids only (ids not in the index are ignored), best first.
+
+        Every row holds exactly min(k, number of allowed ids in the index) results: no -1.
+        """
+        faiss = FaissIndex._faiss()
+
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        rows, id_of_row = self._rows_of(allowed)
+        k = min(k, len(rows))
+        if k <= 0:
             return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
-        vectors = self.reconstruct(ids)
-        scores = queries @ vectors.T
-        k = min(k, len(ids))
-        top = np.argsort(-scores, axis=1)[:, :k]
-        return np.take_along_axis(scores, top, axis=1), ids[top]
+        inner = faiss.downcast_index(self.index.index)
+        found = None
+        if len(rows) <= self.GATHER_MAX:
+            try:
+                scores, found = self._exact_gather(inner, queries, k, rows)
+            except RuntimeError:  # rows that cannot be reconstructed (IVF fast-scan): the index's own search
+                found = None
+        if found is None:
+            scores, found = self._filtered_search(inner, queries, k, rows)
+        return scores, id_of_row[found]
+
+    def _filtered_search(self, inner, queries: np.ndarray, k: int,  # type: ignore[no-untyped-def]
+                         rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS's own search of the inner index, restricted by a selector over rows; never short."""
+        faiss = FaissIndex._faiss()
+
+        sel = self._selector(rows)
+        try:
+            if isinstance(inner, faiss.IndexHNSW):
+                scores, found = self._hnsw_search(inner, queries, k, rows, sel)
+            elif isinstance(inner, faiss.IndexIVF):
+                scores, found = self._ivf_search(inner, queries, k, rows, sel)
+            else:  # Flat and the other exhaustive indexes: exact with the selector
+                scores, found = inner.search(queries, k, params=faiss.SearchParameters(sel=sel))
+        except RuntimeError:  # an index type without selector support: score the rows ourselves
+            return self._exact_gather(inner, queries, k, rows)
+        if (found >= 0).all():
+            return scores, found
+        return self._exact_gather(inner, queries, k, rows)
+
+    def _hnsw_search(self, inner, queries: np.ndarray, k: int, rows: np.ndarray,  # type: ignore[no-untyped-def]
+                     sel) -> tuple[np.ndarray, np.ndarray]:
+        """The graph walk with the selector where it finds the matches, else an exact scan of the storage.
+
+        The walk keeps its efSearch best candidates, matching or not, and returns the matching
+        ones: where too few of the vectors around the query match (a narrow filter, or a
+        broad one that excludes the query's neighbourhood, as a category filter does) it
+        comes back short or misses matches. So it runs only if >= HNSW_MIN_SELECTIVITY of all
+        vectors, and of the unfiltered walk's candidates for every query, pass.
+        """
+        faiss = FaissIndex._faiss()
+
+        scores = np.full((len(queries), k), -np.inf, np.float32)
+        found = np.full((len(queries), k), -1, np.int64)
+        ef = max(int(inner.hnsw.efSearch), k)
+        walk = np.zeros(len(queries), bool)
+        if len(rows) >= self.HNSW_MIN_SELECTIVITY * self.ntotal:
+            _, near = inner.search(queries, ef, params=faiss.SearchParametersHNSW(efSearch=ef))
+            walk = np.isin(near, rows).mean(axis=1) >= self.HNSW_MIN_SELECTIVITY
+        for _ in range(1 + self.HNSW_EF_RETRIES):
+            if not walk.any():
+                break
+            scores[walk], found[walk] = inner.search(queries[walk], k,
+                                                     params=faiss.SearchParametersHNSW(sel=sel, efSearch=ef))
+            walk &= (found < 0).any(axis=1)  # came back short: again with a deeper walk
+            ef *= 4
+        scan = (found < 0).any(axis=1)
+        if scan.any():  # exact: every stored vector tested against the selector
+            storage = faiss.downcast_index(inner.storage)
+            scores[scan], found[scan] = storage.search(queries[scan], k, params=faiss.SearchParameters(sel=sel))
+        return scores, found
+
+    def _ivf_search(self, inner, queries: np.ndarray, k: int, rows: np.ndarray,  # type: ignore[no-untyped-def]
+                    sel) -> tuple[np.ndarray, np.ndarray]:
+        """Probe the nearest lists until they include the index's nprobe lists holding allowed vectors and k of them.
+
+        Unfiltered, nprobe lists are searched; filtered, lists without an allowed vector
+        add nothing (their codes cost one selector test each), so the probe goes as deep in
+        the allowed subset as an unfiltered search goes in the whole index, and never short.
+        """
+        faiss = FaissIndex._faiss()
+
+        nlist = int(inner.nlist)
+        per_list = np.bincount(self._list_of_row(inner)[rows], minlength=nlist)
+        _, order = inner.quantizer.search(queries, nlist)  # every list, nearest first
+        held = per_list[np.maximum(order, 0)] * (order >= 0)
+        enough_lists = min(max(1, int(inner.nprobe)), int((per_list > 0).sum()))
+        deep_enough = (np.cumsum(held > 0, axis=1) >= enough_lists) & (np.cumsum(held, axis=1) >= k)
+        nprobe = int(np.where(deep_enough.any(axis=1), deep_enough.argmax(axis=1) + 1, nlist).max())
+        while True:
+            scores, found = inner.search(queries, k, params=faiss.SearchParametersIVF(sel=sel, nprobe=nprobe))
+            if (found >= 0).all() or nprobe >= nlist:  # every list probed: exhaustive
+                return scores, found
+            nprobe = min(nlist, nprobe * 4)  # a quantizer whose order differs between searches
+
+    def _list_of_row(self, ivf) -> np.ndarray:  # type: ignore[no-untyped-def]
+        """The inverted list of every row of an IVF index (cached while ntotal is unchanged)."""
+        faiss = FaissIndex._faiss()
+
+        cache = self._lists
+        if cache is not None and cache[0] == self.ntotal:
+            return cache[1]
+        if ivf.direct_map.type == faiss.DirectMap.Array:
+            lists = faiss.vector_to_array(ivf.direct_map.array) >> 32  # (list << 32) | offset
+        else:
+            lists = np.zeros(self.ntotal, np.int64)
+            invlists = ivf.invlists
+            for no in range(int(ivf.nlist)):
+                size = int(invlists.list_size(no))
+                if size:
+                    ptr = invlists.get_ids(no)
+                    lists[faiss.rev_swig_ptr(ptr, size)] = no
+                    invlists.release_ids(no, ptr)
+        self._lists = (self.ntotal, lists)
+        return lists
+
+    def _selector(self, rows: np.ndarray):  # type: ignore[no-untyped-def]
+        faiss = FaissIndex._faiss()
+
+        if len(rows) * self.BATCH_SELECTOR_RATIO < self.ntotal:
+            return faiss.IDSelectorBatch(rows)
+        mask = np.zeros(self.ntotal, bool)
+        mask[rows] = True
+        # IDSelectorBitmap tests bit (i & 7) of byte i >> 3: little-endian bit order.
+        return faiss.IDSelectorBitmap(np.packbits(mask, bitorder="little"))
+
+    def _exact_gather(self, inner, queries: np.ndarray, k: int,  # type: ignore[no-untyped-def]
+                      rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Reconstruct the rows (in bounded chunks) and rank them by inner product: exact on the stored codes.
+
+        faiss.knn, not a numpy matmul: numpy's multithreaded BLAS took 16-24 ms for a
+        single 10k x 64 product on a loaded 2-core machine, faiss's scan 0.05 ms.
+        """
+        faiss = FaissIndex._faiss()
+
+        parts_s, parts_i = [], []
+        for start in range(0, len(rows), self.GATHER_CHUNK):
+            chunk = rows[start:start + self.GATHER_CHUNK]
+            vectors = inner.reconstruct_batch(chunk)
+            scores, at = faiss.knn(queries, vectors, min(k, len(chunk)), metric=faiss.METRIC_INNER_PRODUCT)
+            parts_s.append(scores)
+            parts_i.append(chunk[at])
+        scores, found = np.concatenate(parts_s, axis=1), np.concatenate(parts_i, axis=1)
+        if len(parts_s) > 1:
+            top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+            scores, found = np.take_along_axis(scores, top, axis=1), np.take_along_axis(found, top, axis=1)
+        return scores, found
+
+    def _rows_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(inner-index rows of the given ids, unique, ids not in the index dropped; the id of every row)."""
+        faiss = FaissIndex._faiss()
+
+        cache = self._rows
+        if cache is None or cache[0] != self.ntotal:
+            id_of_row = faiss.vector_to_array(self.index.id_map).astype(np.int64, copy=False)
+            order = np.argsort(id_of_row, kind="stable")
+            cache = self._rows = (self.ntotal, id_of_row, id_of_row[order], order)
+        _, id_of_row, sorted_ids, row_of_sorted = cache
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        if len(ids) > 1 and not (ids[1:] > ids[:-1]).all():
+            ids = np.unique(ids)
+        if not len(ids) or not len(sorted_ids):
+            return np.zeros(0, np.int64), id_of_row
+        at = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+        return row_of_sorted[at[sorted_ids[at] == ids]], id_of_row
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
         if not len(ids):
@@ -130,7 +342,7 @@ class FaissIndex:
         return self.index.reconstruct_batch(np.ascontiguousarray(ids, dtype=np.int64))
 
     def ids(self) -> np.ndarray:
-        import faiss
+        faiss = FaissIndex._faiss()
 
         return faiss.vector_to_array(self.index.id_map)
 
@@ -213,21 +425,28 @@ def versions_dir(index_dir: Path) -> Path:
     return index_dir / "versions"
 
 
+class _PlainWriter:
+    """A file seen by numpy as a plain writable object, so it writes in chunks via write()."""
+
+    def __init__(self, fh: Any) -> None:
+        self.write = fh.write
+
+
 def write_version_files(staging: Path, *, manifest: Manifest, images: FaissIndex, texts: FaissIndex,
                         rerank: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """Write index files and, last, the manifest with their checksums; fsync everything."""
     staging.mkdir(parents=True, exist_ok=True)
     for name, index in ((IMAGE_INDEX, images), (TEXT_INDEX, texts)):
-        index.save(staging / name)
-        with open(staging / name, "rb") as fh:
-            os.fsync(fh.fileno())
+        index.save(staging / name)  # fsynced
         manifest.files[name] = file_sha256(staging / name)
     if rerank is not None:
         ids, features = rerank
         order = np.argsort(ids)  # sorted ids: lookups by binary search
         for name, array in ((RERANK_IDS, ids[order]), (RERANK_FEATURES, features[order])):
             with open(staging / name, "wb") as fh:
-                np.save(fh, array, allow_pickle=False)
+                # Through fh.write, not numpy's fwrite fast path: a full disk then raises
+                # OSError(ENOSPC) instead of an errno-less "N requested and M written".
+                np.save(_PlainWriter(fh), array, allow_pickle=False)
                 fh.flush()
                 os.fsync(fh.fileno())
             manifest.files[name] = file_sha256(staging / name)
@@ -341,3 +560,79 @@ def prune_versions(index_dir: Path, keep: int) -> list[str]:
 def clean_staging(index_dir: Path) -> None:
     """Remove leftovers of crashed builds (the live index never reads staging/)."""
     shutil.rmtree(index_dir / "staging", ignore_errors=True)
+
+
+# --- disk space ------------------------------------------------------------------------------
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+RESERVE = ".reserve"  # in staging/, so whatever removes staging frees it
+RESERVE_BYTES = 1 << 20
+
+
+def reserve_space(index_dir: Path, nbytes: int = RESERVE_BYTES) -> None:
+    """Set aside room a failed build frees (with staging/) to record its failure when the disk is full."""
+    path = index_dir / "staging" / RESERVE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        fh.write(bytes(nbytes))  # real blocks, not a sparse file
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def version_bytes(version_path: Path) -> int:
+    """Bytes the files of one version folder take."""
+    return sum(p.stat().st_size for p in version_path.iterdir() if p.is_file())
+
+
+def check_free_space(index_dir: Path, min_free_bytes: int) -> None:
+    """Preflight of a build: room for min_free_bytes plus a new version as large as the active one.
+
+    Raises InsufficientStorageError (507) before anything is written; min_free_bytes 0 turns it off.
+    """
+    if min_free_bytes <= 0:
+        return
+    try:
+        estimate = version_bytes(active_version_path(index_dir))
+    except (CatalensError, OSError):
+        estimate = 0  # no (readable) active version yet: the first build
+    free = shutil.disk_usage(index_dir).free
+    if free < min_free_bytes + estimate:
+        raise InsufficientStorageError(
+            f"not enough free disk space for a build in {index_dir}: {free:,} bytes free, "
+            f"{min_free_bytes + estimate:,} needed ({estimate:,} for a new version the size of the active one "
+            f"+ CATALENS_MIN_FREE_BYTES {min_free_bytes:,}); the active index was not changed")
+
+
+def is_disk_full(exc: BaseException, path: Path | None = None) -> bool:
+    """Whether an error, or one it was raised from, means the disk is full.
+
+    ENOSPC / EDQUOT from any file write, SQLITE_FULL from the database (also when wrapped
+    by SQLAlchemy), or a faiss writer error carrying the ENOSPC message. Given the path, an
+    I/O error on a disk with no free space left counts too (SQLite reports a failed -shm
+    allocation as a plain "disk I/O error").
+    """
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    io_error = False
+    while stack:
+        err = stack.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        io_error = io_error or isinstance(err, (OSError, sqlite3.OperationalError))
+        if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
+            return True
+        if isinstance(err, sqlite3.Error) and (
+                getattr(err, "sqlite_errorcode", None) == getattr(sqlite3, "SQLITE_FULL", 13)
+                or "database or disk is full" in str(err)):
+            return True
+        if isinstance(err, RuntimeError) and os.strerror(errno.ENOSPC) in str(err):
+            return True
+        orig = getattr(err, "orig", None)  # SQLAlchemy's DBAPIError wraps the driver's error
+        stack += [err.__cause__, err.__context__, orig if isinstance(orig, BaseException) else None]
+    if io_error and path is not None:
+        try:
+            return shutil.disk_usage(path).free == 0
+        except OSError:
+            return False
+    return False

@@ -26,9 +26,16 @@ class Settings(BaseSettings):
     decode_workers: int = Field(default=2, ge=1, le=64)
     max_image_pixels: int = Field(default=40_000_000, ge=1)
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
-    max_query_chars: int = Field(default=1000, ge=1)
     fetch_timeout_s: float = Field(default=10.0, gt=0)
-    max_fetch_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    max_fetch_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="cap on every image read: URL or file")
+    max_aspect_ratio: float = Field(default=20.0, ge=1, description="longest side / shortest side an image may have")
+    image_roots: list[Path] = Field(default_factory=list, description="folders image paths may point into, "
+                                    "beside the catalog's own images root")
+    url_allow: list[str] = Field(default_factory=list, description="hosts or CIDRs image URLs may reach even "
+                                 "though they are loopback, private, link-local or reserved")
+    max_json_bytes: int = Field(default=1024 * 1024, ge=1, description="body limit of JSON search requests")
+    max_admin_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1, description="body limit of admin requests")
+    cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS; empty = CORS off")
     max_error_ratio: float = Field(default=0.5, ge=0, le=1, description="refuse to publish above this")
     thumbnail_px: int = Field(default=192, ge=32, le=1024)
     text_cache_size: int = Field(default=4096, ge=0)
@@ -41,6 +48,13 @@ class Settings(BaseSettings):
     rerank_weight: float = Field(default=20.0, ge=0, le=1000,
                                  description="final score = logit(rerank score) + w * first-stage score (0: reranker only)")
 
+    log_level: str = Field(default="WARNING", description="logging level of the catalens command and service")
+    bench_dir: Path | None = Field(default=None, description="cache for benchmark catalogs and indexes "
+                                   "(default: $XDG_CACHE_HOME/catalens/bench)")
+    min_free_bytes: int = Field(default=64 * 1024 * 1024, ge=0,
+                                description="a build refuses to start (507) unless the index dir's disk has this much "
+                                "free space beyond the size of the active version; 0 = no preflight")
+
     @field_validator("index_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:
@@ -49,6 +63,14 @@ class Settings(BaseSettings):
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.index_dir / 'catalens.db').resolve()}"
+
+    def bench_cache(self) -> Path:
+        """Where benchmarks keep generated catalogs and indexes between runs."""
+        if self.bench_dir is not None:
+            return self.bench_dir.expanduser()
+        import os
+
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "catalens" / "bench"
 
     def torch_threads(self, workers: int = 1) -> int:
         """Threads per worker so that workers x threads never exceeds the cores."""

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from catalens.errors import CatalensError
+from catalens.errors import DatabaseBusyError, DatabaseError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-
-
-class DatabaseError(CatalensError):
-    code, http_status = "database_error", 503
+Sessions = sessionmaker[Session]
 
 
 def create_db_engine(url: str) -> Engine:
@@ -24,16 +23,30 @@ def create_db_engine(url: str) -> Engine:
     engine = create_engine(url, connect_args={"timeout": 30} if is_sqlite else {})
     if is_sqlite:
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "handle_error", _typed_sqlite_errors)
     return engine
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
+
+
+def _typed_sqlite_errors(context: Any) -> None:
+    """SQLITE_BUSY / SQLITE_LOCKED (a lock held past busy_timeout) -> DatabaseBusyError: a 503 to retry."""
+    orig = context.original_exception
+    code = getattr(orig, "sqlite_errorcode", None)
+    busy = (code & 0xFF) in (5, 6) if isinstance(code, int) else "database is locked" in str(orig)
+    if busy:
+        raise DatabaseBusyError(f"the database is busy (a write waited past its lock timeout): {orig}") \
+            from context.sqlalchemy_exception
+
+
+_LEFT_AS_IT_IS = "the file was left untouched (restore it from a backup, or build into a new --index-dir)"
 
 
 def check_integrity(engine: Engine) -> None:
@@ -44,17 +57,26 @@ def check_integrity(engine: Engine) -> None:
         with engine.connect() as conn:
             result = conn.exec_driver_sql("PRAGMA quick_check").scalar()
     except Exception as exc:
-        raise DatabaseError(f"database {engine.url} cannot be opened: {exc}") from exc
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]  # one line, not SQLAlchemy's two
+        raise DatabaseError(f"database {engine.url} cannot be opened: {reason}; {_LEFT_AS_IT_IS}") from exc
     if result != "ok":
-        raise DatabaseError(f"database {engine.url} failed its integrity check: {result}")
+        raise DatabaseError(f"database {engine.url} failed its integrity check: {str(result).splitlines()[0]}; "
+                            f"{_LEFT_AS_IT_IS}")
 
 
-def create_session_factory(engine: Engine) -> sessionmaker[Session]:
+def create_session_factory(engine: Engine) -> Sessions:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def alembic_config(url: str):  # type: ignore[no-untyped-def]
-    from alembic.config import Config
+def open_database(url: str) -> tuple[Engine, Sessions]:
+    """Engine + session factory, integrity-checked and upgraded to the newest schema."""
+    engine = create_db_engine(url)
+    check_integrity(engine)
+    upgrade_database(url)
+    return engine, create_session_factory(engine)
+
+
+def alembic_config(url: str) -> Config:
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
@@ -73,17 +95,3 @@ def downgrade_database(url: str, revision: str = "base") -> None:
     from alembic import command
 
     command.downgrade(alembic_config(url), revision)
-
-
-def needs_upgrade(engine: Engine) -> bool:
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
-
-    with engine.connect() as conn:
-        current = MigrationContext.configure(conn).get_current_revision()
-    head = ScriptDirectory.from_config(alembic_config(str(engine.url))).get_current_head()
-    return current != head
-
-
-def has_schema(engine: Engine) -> bool:
-    return inspect(engine).has_table("products")

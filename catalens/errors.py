@@ -38,6 +38,13 @@ class ImageFetchError(CatalensError):
     code, http_status = "image_fetch_failed", 422
 
 
+class ImageSourceRefusedError(CatalensError):
+    """An image reference the source policy forbids: a path outside the image roots, an
+    internal address (SSRF), a device or FIFO."""
+
+    code, http_status = "image_source_refused", 422
+
+
 class UnauthorizedError(CatalensError):
     code, http_status = "unauthorized", 401
 
@@ -70,3 +77,36 @@ class CatalogError(CatalensError):
 
 class BuildLockedError(CatalensError):
     code, http_status = "build_locked", 409
+
+
+class PublishRefusedError(CatalensError):
+    """A build that must not become active (too many bad images, nothing indexed, failed smoke query)."""
+
+    code, http_status = "publish_refused", 422
+
+
+class CaptionUnsupportedError(CatalensError):
+    code, http_status = "caption_unsupported", 422
+
+
+class DatabaseError(CatalensError):
+    """The metadata database cannot be opened, is malformed, or is busy past its timeout."""
+
+    code, http_status = "database_error", 503
+
+
+class BenchError(CatalensError):
+    code, http_status = "bench_failed", 500
+
+
+class InsufficientStorageError(CatalensError):
+    """The disk holding the index is (nearly) full: refused before a build, or ENOSPC during one."""
+
+    code, http_status = "insufficient_storage", 507
+
+
+class DatabaseBusyError(DatabaseError):
+    """A write waited past SQLite's busy_timeout for another writer's lock; retry later."""
+
+    code, http_status = "database_busy", 503
+    retry_after_s = 1  # for a Retry-After header

@@ -18,14 +18,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from catalens.encoder import BUNDLED_DIR, ClipEncoder, ModelSpec, load_clip, weights_digest
-from catalens.errors import CatalensError, ModelLoadError
+from catalens.errors import CaptionUnsupportedError, ModelLoadError
 
 LOG = logging.getLogger(__name__)
 NO_RERANKER = "none"
-
-
-class CaptionUnsupportedError(CatalensError):
-    code, http_status = "caption_unsupported", 422
 
 
 class Reranker(Protocol):

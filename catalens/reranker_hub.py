@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from catalens.encoder import weights_digest
-from catalens.errors import ModelLoadError
+from catalens.errors import CaptionUnsupportedError, ModelLoadError
 
 MAX_CAPTION_TOKENS = 24
 
@@ -61,7 +61,6 @@ class BlipItmReranker:
         return probs.float().cpu().numpy()
 
     def caption(self, pixels: Any) -> list[str]:
-        from catalens.reranker import CaptionUnsupportedError
 
         raise CaptionUnsupportedError("BLIP ITM has no caption decoder; use a CoCa reranker for --caption")
 

@@ -14,11 +14,19 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, selectinload
 
 from catalens import artifacts
+from catalens.artifacts import TEXT_ID_BASE
 from catalens.config import Settings
-from catalens.db import check_integrity, create_db_engine, create_session_factory, upgrade_database
+from catalens.db import open_database
 from catalens.encoder import ClipEncoder, ModelSpec, load_clip
-from catalens.errors import CatalensError, CatalogError
-from catalens.reranker import CaptionUnsupportedError, Reranker, load_reranker
+from catalens.errors import (
+    CaptionUnsupportedError,
+    CatalensError,
+    CatalogError,
+    InsufficientStorageError,
+    PublishRefusedError,
+)
+from catalens.images import is_url, resolve_roots
+from catalens.reranker import Reranker, load_reranker
 from catalens.schema import IndexVersion, IngestError, Product, ProductImage, utcnow
 from indexer.catalog import CatalogRow, RowError, catalog_checksum, check_catalog_path, read_catalog
 from indexer.embedder import Embedder
@@ -27,18 +35,11 @@ from indexer.lock import builder_lock
 from indexer.reader import ImageJob, ImageReader, LoadedImage
 
 LOG = logging.getLogger(__name__)
-# Text-only fallback vectors (products whose every image failed) share the image index
-# under ids offset by this base, so they can never collide with image row ids.
-TEXT_ID_BASE = 1 << 40
 # An incremental batch smaller than this is never refused for its image failure ratio: one
 # upserted product with a broken image is published text-only and its error reported.
 MIN_IMAGES_FOR_RATIO = 10
 # Merge the embedding cache's shards once a build leaves more than this many.
 COMPACT_SHARDS = 64
-
-
-class PublishRefusedError(CatalensError):
-    code, http_status = "publish_refused", 422
 
 
 @dataclass
@@ -79,14 +80,9 @@ class BuildOptions:
     progress: bool = True
     keep: int = 3
     caption: bool = False  # store a generated caption per image (needs a reranker that can caption)
-
-
-def open_database(settings: Settings) -> tuple[object, object]:
-    """Engine + session factory, upgraded to the newest schema, integrity-checked."""
-    engine = create_db_engine(settings.db_url)
-    check_integrity(engine)
-    upgrade_database(settings.db_url)
-    return engine, create_session_factory(engine)
+    # Images that failed in an earlier build are dead letters: read again only when their
+    # product is upserted, their source changes, or a build asks for it here.
+    retry_failed: bool = False
 
 
 def fail_stale_builds(sessions) -> list[str]:  # type: ignore[no-untyped-def]
@@ -118,11 +114,23 @@ def build_index(settings: Settings, options: BuildOptions, *, encoder: ClipEncod
     settings.index_dir.mkdir(parents=True, exist_ok=True)
     with builder_lock(settings.index_dir):
         artifacts.clean_staging(settings.index_dir)
-        engine, sessions = open_database(settings)
+        artifacts.check_free_space(settings.index_dir, settings.min_free_bytes)  # 507 before any write
         try:
-            return _build_locked(settings, options, sessions, encoder=encoder, embedder=embedder, start=start)
+            artifacts.reserve_space(settings.index_dir)  # freed by a failed build to record its failure
+            engine, sessions = open_database(settings.db_url)
+            try:
+                return _build_locked(settings, options, sessions, encoder=encoder, embedder=embedder, start=start)
+            finally:
+                engine.dispose()
+        except Exception as exc:
+            if isinstance(exc, InsufficientStorageError) or not artifacts.is_disk_full(exc, settings.index_dir):
+                raise
+            reason = (str(exc) or type(exc).__name__).splitlines()[0][:300]
+            raise InsufficientStorageError(
+                f"the disk of {settings.index_dir} is full ({reason}); the build stopped, its staging files "
+                "were removed and the active index was not changed") from exc
         finally:
-            engine.dispose()  # type: ignore[attr-defined]
+            artifacts.clean_staging(settings.index_dir)  # the reserve (a failed build has removed it already)
 
 
 def _build_locked(settings: Settings, options: BuildOptions, sessions, *,  # type: ignore[no-untyped-def]
@@ -172,12 +180,20 @@ def _build_locked(settings: Settings, options: BuildOptions, sessions, *,  # typ
         artifacts.set_active(settings.index_dir, version_id)
         artifacts.prune_versions(settings.index_dir, options.keep)
     except BaseException as exc:
-        with sessions.begin() as session:
-            version = session.get(IndexVersion, version_id)
-            if version is not None:
-                version.status = "failed"
-                version.summary = {"error": str(exc)[:2000]}
+        # Free space first (staging and its reserve): on a full disk, recording the failure needs it.
         artifacts.clean_staging(settings.index_dir)
+        for tmp in (*settings.index_dir.glob("embeddings/*/.shard-*.tmp"),
+                    *settings.index_dir.glob("features/*/.shard-*.tmp")):
+            tmp.unlink(missing_ok=True)
+        error = f"disk full: {exc}" if artifacts.is_disk_full(exc) else str(exc)
+        try:
+            with sessions.begin() as session:
+                version = session.get(IndexVersion, version_id)
+                if version is not None:
+                    version.status = "failed"
+                    version.summary = {"error": error[:2000]}
+        except Exception as record_exc:  # the next build marks it failed (fail_stale_builds)
+            LOG.error("could not record build %s as failed (%s): %s", version_id, error[:200], record_exc)
         raise
     summary.seconds = round(time.monotonic() - start, 2)
     with sessions.begin() as session:
@@ -231,10 +247,30 @@ def _set_threads(settings: Settings) -> None:
 
 
 def _resolve_source(source: str, root: Path) -> str:
-    """Store absolute paths, so the service can serve an image without knowing --images-root."""
-    if source.startswith(("http://", "https://")) or Path(source).is_absolute():
+    """Store absolute paths, so the service can serve an image without knowing --images-root.
+
+    Where a path may lead is checked when it is read (`build_roots`), not here.
+    """
+    if is_url(source) or Path(source).is_absolute():
         return source
     return str((root / source).resolve())
+
+
+def active_images_root(settings: Settings) -> Path | None:
+    """The images root of the active version: the folder of the catalog it was built from."""
+    try:
+        active = artifacts.read_manifest(artifacts.active_version_path(settings.index_dir))
+    except CatalensError:
+        return None
+    return Path(active.catalog).parent if active.catalog else None
+
+
+def build_roots(settings: Settings, options: BuildOptions) -> tuple[Path, ...]:
+    """Folders a build may read image files from: its images root, CATALENS_IMAGE_ROOTS and, for
+    an incremental build (which also finishes images earlier builds left), the active catalog's."""
+    own = options.images_root or options.catalog.resolve().parent
+    base = None if options.full else active_images_root(settings)
+    return resolve_roots([own, base, *settings.image_roots])
 
 
 def _read_rows(options: BuildOptions, summary: BuildSummary) -> tuple[list[CatalogRow], list[RowError]]:
@@ -301,9 +337,14 @@ def _sync_images(product: Product, sources: tuple[str, ...]) -> None:
 
 
 def _image_jobs(sessions, caches: Caches | None = None,  # type: ignore[no-untyped-def]
-                product_ids: set[str] | None = None, *, caption: bool = False) -> list[ImageJob]:
+                product_ids: set[str] | None = None, *, caption: bool = False,
+                retry_failed: bool = False) -> list[ImageJob]:
     """Images a build must read: all live ones, or (incremental) those of the given products
-    plus any another build left unfinished (pending, or ok but missing from the caches)."""
+    plus any another build left unfinished (pending, or ok but missing from the caches).
+
+    An image that failed ('error', its reason stored) is not read again by a full build unless
+    retry_failed: a poisoned source must not cost every later build a fetch or a read.
+    """
     with sessions() as session:
         rows = session.execute(
             select(ProductImage.id, ProductImage.source, ProductImage.status, ProductImage.content_hash,
@@ -314,7 +355,8 @@ def _image_jobs(sessions, caches: Caches | None = None,  # type: ignore[no-untyp
         needs_caption = caption and text is None
         unfinished = status == "pending" or (status == "ok" and (
             needs_caption or (caches is not None and not caches.has(digest))))
-        if product_ids is None or product_id in product_ids or unfinished:
+        dead_letter = status == "error" and not retry_failed
+        if unfinished or (product_ids is None and not dead_letter) or (product_ids and product_id in product_ids):
             jobs.append(ImageJob(image_id, source, needs_caption=needs_caption))
     return jobs
 
@@ -330,12 +372,13 @@ def _embed_images(settings: Settings, sessions, options: BuildOptions, encoder: 
     """Read + decode in worker threads one batch ahead of the model; write each batch as a shard."""
     from tqdm import tqdm
 
-    jobs = _image_jobs(sessions, caches, scope, caption=options.caption)
+    jobs = _image_jobs(sessions, caches, scope, caption=options.caption, retry_failed=options.retry_failed)
     reranker = embedder.reranker
     shares_pixels = reranker is None or getattr(reranker, "clip", None) is encoder
     reader = ImageReader(settings, images_root=options.images_root, preprocess=encoder.preprocess,
                          image_size=encoder.image_size, is_cached=caches.has,
-                         rerank_preprocess=None if shares_pixels else reranker.preprocess)
+                         rerank_preprocess=None if shares_pixels else reranker.preprocess,
+                         roots=build_roots(settings, options))
     bar = tqdm(total=len(jobs), desc="embedding images", unit="img", disable=not options.progress)
     with ThreadPoolExecutor(settings.decode_workers) as pool:
         batches = list(_batches(jobs, settings.batch_size))

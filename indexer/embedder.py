@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,6 @@ class Embedder:
     reranker: Any = None  # a catalens.reranker.Reranker when its image features are stored
     calls: int = 0
     items: int = 0
-    _stats: dict[str, int] = field(default_factory=dict)
 
     def embed_pixels(self, pixels: list[Any]) -> np.ndarray:
         import torch

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,20 @@ from sqlalchemy import select, update
 
 from catalens import artifacts
 from catalens.config import Settings
+from catalens.db import open_database
+from catalens.editing import DeleteSummary, UpsertSummary
 from catalens.encoder import ClipEncoder, ModelSpec
-from catalens.errors import InvalidInputError
+from catalens.errors import ImageSourceRefusedError, InvalidInputError
+from catalens.images import confine_path, is_url, resolve_roots
 from catalens.schema import IndexVersion, Product, ProductImage
-from indexer.builder import BuildOptions, BuildSummary, build_index, fail_stale_builds, open_database, write_version
+from indexer.builder import (
+    BuildOptions,
+    BuildSummary,
+    active_images_root,
+    build_index,
+    fail_stale_builds,
+    write_version,
+)
 from indexer.catalog import CatalogRow, RowError, parse_record
 from indexer.embedding_cache import EmbeddingCache
 from indexer.lock import builder_lock
@@ -34,10 +45,10 @@ def delete_products(settings: Settings, product_ids: list[str], *, keep: int = 3
     with builder_lock(settings.index_dir):
         manifest = artifacts.read_manifest(artifacts.active_version_path(settings.index_dir))
         artifacts.clean_staging(settings.index_dir)
-        engine, sessions = open_database(settings)
+        engine, sessions = open_database(settings.db_url)
         try:
             fail_stale_builds(sessions)
-            with sessions.begin() as session:  # type: ignore[attr-defined]
+            with sessions.begin() as session:
                 live = set(session.scalars(select(Product.product_id).where(
                     Product.product_id.in_(product_ids), Product.deleted.is_(False))))
                 session.execute(update(Product).where(Product.product_id.in_(live)).values(deleted=True))
@@ -48,7 +59,7 @@ def delete_products(settings: Settings, product_ids: list[str], *, keep: int = 3
                                                   keep=keep)
             return result
         finally:
-            engine.dispose()  # type: ignore[attr-defined]
+            engine.dispose()
 
 
 def _republish(settings: Settings, sessions, manifest: artifacts.Manifest, *,  # type: ignore[no-untyped-def]
@@ -85,8 +96,13 @@ def _republish(settings: Settings, sessions, manifest: artifacts.Manifest, *,  #
 # --- upsert records (the admin API) -------------------------------------------------------
 
 
-def validate_records(records: list[dict[str, Any]]) -> list[CatalogRow]:
-    """Catalog-format records -> rows; any bad record rejects the whole batch (422)."""
+def validate_records(records: list[dict[str, Any]], *, images_root: Path | None = None,
+                     roots: Sequence[Path] = ()) -> list[CatalogRow]:
+    """Catalog-format records -> rows; any bad record rejects the whole batch (422).
+
+    Image paths must resolve inside `roots` (relative ones against images_root, the active
+    catalog's folder); a refusal never says whether the path exists.
+    """
     if not records:
         raise InvalidInputError("no products given")
     if len(records) > MAX_UPSERT_RECORDS:
@@ -103,15 +119,32 @@ def validate_records(records: list[dict[str, Any]]) -> list[CatalogRow]:
         if result.product_id in seen:
             problems.append(f"products[{i - 1}]: duplicate product_id {result.product_id!r}")
         seen.add(result.product_id)
-        for source in result.images:
-            if not source.startswith(("http://", "https://")) and not Path(source).is_absolute():
-                problems.append(f"products[{i - 1}] field 'image': {source!r} must be an http(s) URL "
-                                "or an absolute path on the server")
+        for n, source in enumerate(result.images, start=1):
+            problem = _image_path_problem(source, images_root, roots)
+            if problem:
+                problems.append(f"products[{i - 1}] field 'image' (image {n}): {problem}")
         rows.append(result)
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise InvalidInputError("; ".join(problems[:5]) + more)
     return rows
+
+
+def _image_path_problem(source: str, images_root: Path | None, roots: Sequence[Path]) -> str | None:
+    """Why an image path may not be upserted, or None; URLs are vetted when fetched (per item)."""
+    if is_url(source):
+        return None
+    path = Path(source)
+    if not path.is_absolute():
+        if images_root is None:
+            return "a relative path needs an active index to resolve against; give an http(s) URL"
+        path = images_root / path
+    try:
+        confine_path(path, roots)
+    except ImageSourceRefusedError:
+        # The same words whether or not the path exists: the API must not probe the disk.
+        return "the path is outside the allowed image folders (the active catalog's folder and CATALENS_IMAGE_ROOTS)"
+    return None
 
 
 def upsert_records(settings: Settings, records: list[dict[str, Any]], *, encoder: ClipEncoder | None = None,
@@ -122,7 +155,8 @@ def upsert_records(settings: Settings, records: list[dict[str, Any]], *, encoder
     new or changed images and texts are embedded. They are staged as a JSONL catalog under
     <index-dir>/incoming/, removed once the build is over.
     """
-    validate_records(records)
+    images_root = active_images_root(settings)
+    validate_records(records, images_root=images_root, roots=resolve_roots([images_root, *settings.image_roots]))
     incoming = settings.index_dir / "incoming"
     incoming.mkdir(parents=True, exist_ok=True)
     path = incoming / f"upsert-{artifacts.new_version_id()}-{uuid.uuid4().hex[:8]}.jsonl"
@@ -132,8 +166,9 @@ def upsert_records(settings: Settings, records: list[dict[str, Any]], *, encoder
         fh.flush()
         os.fsync(fh.fileno())
     try:
-        return build_index(settings, BuildOptions(catalog=path, full=False, progress=False, keep=keep,
-                                                  strict=True), encoder=encoder)
+        # Relative image paths resolve against the active catalog's folder, not incoming/.
+        return build_index(settings, BuildOptions(catalog=path, images_root=images_root, full=False, progress=False,
+                                                  keep=keep, strict=True), encoder=encoder)
     finally:
         path.unlink(missing_ok=True)
 
@@ -178,7 +213,7 @@ def find_duplicates(settings: Settings, *, threshold: float = 0.98, k: int = 32)
     if not -1.0 <= threshold <= 1.0:
         raise InvalidInputError(f"threshold must be a cosine similarity in [-1, 1], got {threshold}")
     _, index, _ = artifacts.load_version(artifacts.active_version_path(settings.index_dir))
-    engine, sessions = open_database(settings)
+    engine, sessions = open_database(settings.db_url)
     try:
         with sessions() as session:  # type: ignore[operator]
             rows = session.execute(
@@ -186,7 +221,7 @@ def find_duplicates(settings: Settings, *, threshold: float = 0.98, k: int = 32)
                 .join(Product).where(Product.deleted.is_(False), ProductImage.status == "ok")
                 .order_by(ProductImage.id)).all()
     finally:
-        engine.dispose()  # type: ignore[attr-defined]
+        engine.dispose()
     owner = {int(img_id): int(pk) for img_id, _, pk, _ in rows}
     names = {int(pk): pid for _, _, pk, pid in rows}
     edges: dict[tuple[int, int], tuple[float, bool]] = {}  # (pk, pk) -> (score, identical)
@@ -249,3 +284,22 @@ def _near_pairs(index: artifacts.FaissIndex, vectors: np.ndarray, ids: np.ndarra
         for j in range(lims[q], lims[q + 1]):
             pairs.append((qid, int(found[j]), float(scores[j])))
     return pairs
+
+
+@dataclass(frozen=True)
+class IndexEditor:
+    """The catalens.editing.CatalogEditor the query service's admin routes call."""
+
+    settings: Settings
+
+    def upsert(self, records: list[dict[str, Any]], *, encoder: ClipEncoder | None = None) -> UpsertSummary:
+        summary = upsert_records(self.settings, records, encoder=encoder)
+        return UpsertSummary(version_id=summary.version_id or "", upserted=summary.indexed,
+                             images_ok=summary.images_ok, images_failed=summary.images_failed,
+                             images_embedded=summary.embedded, images_cached=summary.cached,
+                             texts_embedded=summary.texts_embedded, texts_cached=summary.texts_cached,
+                             vectors=summary.vectors, errors=summary.error_lines[:100])
+
+    def delete(self, product_ids: list[str]) -> DeleteSummary:
+        result = delete_products(self.settings, product_ids)
+        return DeleteSummary(version_id=result["version_id"], deleted=result["deleted"], missing=result["missing"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,12 +35,18 @@ class LoadedImage:
 
 
 class ImageReader:
-    """Reads, hashes and decodes images; skips decoding when the cache already has the vector."""
+    """Reads, hashes and decodes images; skips decoding when the cache already has the vector.
+
+    Every read goes through the source policy: URLs under CATALENS_URL_ALLOW's SSRF rules, paths
+    confined to `roots` (None: unconfined, for benchmarks over trusted files), all capped.
+    """
 
     def __init__(self, settings: Settings, *, images_root: Path | None, preprocess: Any,
-                 image_size: int, is_cached: Any, rerank_preprocess: Any = None) -> None:
+                 image_size: int, is_cached: Any, rerank_preprocess: Any = None,
+                 roots: Sequence[Path] | None = None) -> None:
         self.settings = settings
         self.images_root = images_root
+        self.roots = tuple(roots) if roots is not None else None
         self.preprocess = preprocess
         self.rerank_preprocess = rerank_preprocess
         self.image_size = image_size
@@ -51,7 +58,8 @@ class ImageReader:
         try:
             data = read_image_source(job.source, images_root=self.images_root,
                                      timeout_s=self.settings.fetch_timeout_s,
-                                     max_bytes=self.settings.max_fetch_bytes)
+                                     max_bytes=self.settings.max_fetch_bytes, roots=self.roots,
+                                     url_allow=self.settings.url_allow)
             out.content_hash = content_hash(data)
             thumb_rel = f"{out.content_hash[:2]}/{out.content_hash}.jpg"
             out.thumbnail = thumb_rel
@@ -60,7 +68,8 @@ class ImageReader:
             if cached and not need_thumb and not job.needs_caption:
                 return out
             draft = max(self.image_size, self.settings.thumbnail_px)
-            image = decode_image(data, max_pixels=self.settings.max_image_pixels, draft_size=draft)
+            image = decode_image(data, max_pixels=self.settings.max_image_pixels, draft_size=draft,
+                                 max_aspect=self.settings.max_aspect_ratio)
             if need_thumb:
                 self._save_thumbnail(image, thumb_rel)
             if not cached or job.needs_caption:

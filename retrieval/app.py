@@ -14,21 +14,45 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 
 from catalens import artifacts
 from catalens.config import Settings
+from catalens.editing import CatalogEditor
 from catalens.errors import CatalensError
+from retrieval.limits import (
+    MULTIPART_SLACK,
+    BodyLimit,
+    BodyLimitMiddleware,
+    SecurityHeadersMiddleware,
+    security_headers,
+)
 from retrieval.metrics import Metrics
+from retrieval.schemas import error_responses
 from retrieval.searcher import Searcher
-from retrieval.uploads import BodyLimitMiddleware
 
 LOG = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).parent / "web"
 WATCH_INTERVAL_S = 2.0
 
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+# Statuses Starlette/FastAPI raise themselves, as documented error codes (400 is handled apart).
+HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 422: "invalid_input"}
+# Every route can answer these before it runs: a malformed Content-Length, a body over its limit.
+COMMON_ERRORS = error_responses(400, 413)
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def body_limits(settings: Settings) -> tuple[list[BodyLimit], BodyLimit]:
+    """Per-path body limits: uploads, admin, and the JSON limit for every other route."""
+    upload = BodyLimit("/v1/search/image", settings.max_upload_bytes, "CATALENS_MAX_UPLOAD_BYTES",
+                       what="upload", slack=MULTIPART_SLACK)
+    admin = BodyLimit("/v1/admin", settings.max_admin_body_bytes, "CATALENS_MAX_ADMIN_BODY_BYTES")
+    default = BodyLimit("/", settings.max_json_bytes, "CATALENS_MAX_JSON_BYTES")
+    return [upload, admin], default
 
 
 def create_searcher(settings: Settings) -> Searcher:
@@ -68,8 +92,10 @@ async def watch_active_pointer(searcher: Searcher, index_dir: Path) -> None:
             await asyncio.to_thread(try_reload, searcher)
 
 
-def create_app(settings: Settings | None = None, *, searcher: Searcher | None = None) -> FastAPI:
-    """The query service. Pass a searcher to share an already loaded model (tests, benchmarks)."""
+def create_app(settings: Settings | None = None, *, searcher: Searcher | None = None,
+               editor: CatalogEditor | None = None) -> FastAPI:
+    """The query service. Pass a searcher to share an already loaded model (tests, benchmarks), and
+    an editor (indexer.maintenance.IndexEditor) to enable the admin write routes."""
     settings = settings or Settings()
     metrics = Metrics()
 
@@ -78,28 +104,41 @@ def create_app(settings: Settings | None = None, *, searcher: Searcher | None = 
         nonlocal searcher
         if searcher is None:
             searcher = await asyncio.to_thread(create_searcher, settings)
+        # A shared searcher (tests, benchmarks) reports to this app while it runs, then to
+        # whoever it reported to before.
+        previous_observe = searcher.observe
         searcher.observe = metrics.observe_stage
         app.state.searcher = searcher
         await asyncio.to_thread(try_reload, searcher)
         watcher = asyncio.create_task(watch_active_pointer(searcher, settings.index_dir))
-        yield
-        watcher.cancel()
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            searcher.observe = previous_observe
 
-    app = FastAPI(title="Catalens", version="0.1.0", lifespan=lifespan,
+    # redirect_slashes off: `/v1/search/text/` is a plain 404, never a 307 whose Location
+    # is built from the client's Host header.
+    app = FastAPI(title="Catalens", version="0.1.0", lifespan=lifespan, redirect_slashes=False,
                   description="Cross-modal product search: text and image queries over a product catalog.")
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.editor = editor
     _install_error_handlers(app)
     _install_metrics_middleware(app, metrics)
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_upload_bytes,
-                       paths=frozenset({"/v1/search/image"}))
+    # Added last = runs first: headers on every response, CORS, then the body limits.
+    limits, default_limit = body_limits(settings)
+    app.add_middleware(BodyLimitMiddleware, limits=limits, default=default_limit)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_credentials=False,
+                           allow_methods=["GET", "POST"],
+                           allow_headers=["Content-Type", "Authorization", "X-API-Key"])
+    app.add_middleware(SecurityHeadersMiddleware)
 
-    from retrieval.routes import admin, health, products, search
+    from retrieval.routes import admin, config, health, products, search
 
-    app.include_router(search.router)
-    app.include_router(products.router)
-    app.include_router(health.router)
-    app.include_router(admin.router)
+    for router in (search.router, products.router, health.router, admin.router, config.router):
+        app.include_router(router, responses=COMMON_ERRORS)
     if (WEB_DIR / "index.html").is_file():
         app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 
@@ -118,21 +157,48 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if errors and errors[0].get("type") == "json_invalid":
+            reason = (errors[0].get("ctx") or {}).get("error") or errors[0].get("msg")
+            position = next((x for x in errors[0].get("loc", ()) if isinstance(x, int)), None)
+            where = f" at character {position}" if position is not None else ""
+            return error_response(422, "invalid_input", f"body is not valid JSON: {reason}{where}")
         parts = []
-        for err in exc.errors()[:5]:
+        for err in errors[:5]:
             loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+            if not loc and tuple(err.get("loc", ())) == ("body",):
+                loc = "body"
             parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
         return error_response(422, "invalid_input", "; ".join(parts) or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail))
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # Raised by FastAPI/Starlette only when a body cannot be parsed: that is invalid
+            # input (422) like any other, with the reason instead of a generic sentence.
+            return error_response(422, "invalid_input", unparseable_body_message(request, exc))
+        code = HTTP_ERROR_CODES.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal_error")
+        return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Raised past every middleware, so the security headers are added here.
         LOG.exception("unhandled error")
-        return error_response(500, "internal_error", "internal error; see the server log")
+        return error_response(500, "internal_error", "internal error; see the server log",
+                              headers=security_headers(request.url.path))
+
+
+def unparseable_body_message(request: Request, exc: StarletteHTTPException) -> str:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower() or "none"
+    cause = exc.__cause__
+    if content_type.endswith("json") or content_type == "none":
+        if isinstance(cause, RecursionError):
+            return "body is not valid JSON: nested too deeply"
+        if isinstance(cause, UnicodeDecodeError):
+            return "body is not valid JSON: not UTF-8 text"
+        return f"body is not valid JSON: {str(cause or '') or exc.detail}"
+    reason = str(cause or "") or str(exc.detail)
+    return f"body could not be parsed as {content_type}: {reason}"
 
 
 def _install_metrics_middleware(app: FastAPI, metrics: Metrics) -> None:

@@ -7,8 +7,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from catalens.config import Settings
+from catalens.editing import CatalogEditor
+from catalens.errors import ForbiddenError, IndexNotReadyError
 from retrieval.metrics import Metrics
-from retrieval.searcher import Searcher
+from retrieval.searcher import NOT_READY_MESSAGE, Searcher, Snapshot
 
 
 def get_searcher(request: Request) -> Searcher:
@@ -23,6 +25,25 @@ def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
+def get_editor(request: Request) -> CatalogEditor:
+    """The catalog editor the composition root wired in; admin writes are off without one."""
+    editor = request.app.state.editor
+    if editor is None:
+        raise ForbiddenError("admin writes are off in this process: it was started without a catalog editor")
+    return editor
+
+
+def require_snapshot(request: Request) -> Snapshot:
+    """The snapshot being served; 503 index_not_ready before the first index is loaded."""
+    snap = get_searcher(request).current
+    if snap is None:
+        raise IndexNotReadyError(NOT_READY_MESSAGE)
+    return snap
+
+
 SearcherDep = Annotated[Searcher, Depends(get_searcher)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+EditorDep = Annotated[CatalogEditor, Depends(get_editor)]
+SnapshotDep = Annotated[Snapshot, Depends(require_snapshot)]
+RequireSnapshot = Depends(require_snapshot)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import unicodedata
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -10,31 +12,57 @@ MAX_K = 100
 MAX_RERANK_TOP_N = 100
 
 
+def is_blank_char(ch: str) -> bool:
+    """Control, format (zero-width spaces, BOM, ...) and separator characters carry no query."""
+    category = unicodedata.category(ch)
+    return category in ("Cc", "Cf") or category.startswith("Z") or ch.isspace()
+
+
+def clean_query(value: str) -> str:
+    """NULs removed, blank characters trimmed from both ends; ValueError when nothing is left."""
+    value = value.replace("\x00", "")
+    start, end = 0, len(value)
+    while start < end and is_blank_char(value[start]):
+        start += 1
+    while end > start and is_blank_char(value[end - 1]):
+        end -= 1
+    if start == end:
+        raise ValueError("query must not be blank (only spaces, control or invisible characters)")
+    return value[start:end]
+
+
+def require_finite(value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
 class FiltersIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     category: list[str] = Field(default_factory=list, max_length=200)
     brand: list[str] = Field(default_factory=list, max_length=200)
-    price_min: float | None = Field(default=None, ge=0)
-    price_max: float | None = Field(default=None, ge=0)
+    price_min: float | None = Field(default=None, ge=0, allow_inf_nan=False, strict=True)
+    price_max: float | None = Field(default=None, ge=0, allow_inf_nan=False, strict=True)
+
+    _finite = field_validator("price_min", "price_max")(require_finite)
 
 
 class TextSearchIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     query: str = Field(min_length=1, max_length=1000, description="what the shopper typed")
-    k: int = Field(default=10, ge=1, le=MAX_K)
+    k: int = Field(default=10, ge=1, le=MAX_K, strict=True)
     filters: FiltersIn = Field(default_factory=FiltersIn)
-    rerank: bool = Field(default=False, description="reorder the first-stage top candidates with the reranker")
-    rerank_top_n: int = Field(default=20, ge=1, le=MAX_RERANK_TOP_N,
+    rerank: bool = Field(default=False, strict=True,
+                         description="reorder the first-stage top candidates with the reranker")
+    rerank_top_n: int = Field(default=20, ge=1, le=MAX_RERANK_TOP_N, strict=True,
                               description="first-stage candidates the reranker reads (at least k are read)")
 
     @field_validator("query")
     @classmethod
     def _not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("query must not be blank")
-        return value.strip()
+        return clean_query(value)
 
 
 class ResultOut(BaseModel):
@@ -106,6 +134,26 @@ class ErrorBody(BaseModel):
 
 class ErrorOut(BaseModel):
     error: ErrorBody
+
+
+ERROR_DESCRIPTIONS = {
+    400: "malformed request: a bad Content-Length (`bad_request`)",
+    401: "the API key is missing (`unauthorized`)",
+    403: "a wrong API key, or admin routes are off (`forbidden`)",
+    404: "unknown product or image (`not_found`)",
+    409: "another build holds the lock (`build_locked`)",
+    413: "the body is over its limit (`payload_too_large`): CATALENS_MAX_JSON_BYTES for JSON, "
+         "CATALENS_MAX_UPLOAD_BYTES (or over CATALENS_MAX_IMAGE_PIXELS) for uploads, "
+         "CATALENS_MAX_ADMIN_BODY_BYTES for admin routes",
+    415: "the upload is not a JPEG, PNG, WEBP or GIF image (`unsupported_image`)",
+    422: "invalid input: bad field values, an unparseable body (`invalid_input`)",
+    503: "no index loaded yet (`index_not_ready`) or the index is unusable",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for these error statuses, all in the one documented error shape."""
+    return {status: {"model": ErrorOut, "description": ERROR_DESCRIPTIONS[status]} for status in statuses}
 
 
 def image_url(product_id: str, position: int | None, *, thumb: bool = False) -> str | None:

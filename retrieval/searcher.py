@@ -7,6 +7,7 @@ import logging
 import math
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -19,18 +20,21 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from catalens import artifacts
+from catalens.artifacts import TEXT_ID_BASE
 from catalens.config import Settings
 from catalens.encoder import ClipEncoder
 from catalens.errors import CatalensError, IndexArtifactError, IndexNotReadyError, InvalidInputError, NotFoundError
+from catalens.ranking import fused_score
 from catalens.reranker import Reranker
 from catalens.schema import Product, ProductImage
-from indexer.builder import TEXT_ID_BASE
 
 LOG = logging.getLogger(__name__)
-# Filters that leave at most this many candidate vectors are answered by exact search over
-# exactly those vectors (SQL pre-filter): always k results, whatever the selectivity.
-# Broader filters over-fetch from the ANN index and post-filter, growing the fetch until k.
-SUBSET_LIMIT = 20_000
+# Says what to do, never where the index lives (that stays in the server log).
+NOT_READY_MESSAGE = "no index is loaded yet: build one with `catalens index build --catalog FILE`"
+# Filtered queries first fetch this many vectors per wanted product (times the snapshot's mean
+# vectors per product), at least FILTERED_MIN_FETCH, and grow the fetch x4 while short.
+FILTERED_FETCH_FACTOR = 2
+FILTERED_MIN_FETCH = 32
 
 
 @dataclass(frozen=True)
@@ -124,16 +128,6 @@ def load_snapshot(settings: Settings, sessions: sessionmaker[Session], encoder: 
     return Snapshot(manifest, images, texts, owner, vectors_of, rerank, has_captions is not None)
 
 
-def fused_score(rerank_score: float, first_stage_score: float, weight: float) -> float:
-    """Logit of the reranker's match probability plus the weighted first-stage cosine.
-
-    Summing in logit space lets the two stages vote as independent evidence (a product of
-    experts); on the held-out catalog this beat the reranker alone and a probability blend.
-    """
-    p = min(max(rerank_score, 1e-6), 1 - 1e-6)
-    return math.log(p / (1 - p)) + weight * first_stage_score
-
-
 class Searcher:
     """Answers text, image and similar-product queries against the current snapshot."""
 
@@ -156,9 +150,9 @@ class Searcher:
     def snapshot(self) -> Snapshot:
         snap = self._snapshot
         if snap is None:
-            raise IndexNotReadyError(
-                f"no index is loaded from {self.settings.index_dir}: build one with "
-                "`catalens index build --catalog FILE`")
+            # The index folder stays in the log: a public 503 must not reveal server paths.
+            LOG.debug("no index loaded from %s", self.settings.index_dir)
+            raise IndexNotReadyError(NOT_READY_MESSAGE)
         return snap
 
     @property
@@ -259,7 +253,7 @@ class Searcher:
         """The slow path for versions built without stored features: decode the candidates' images."""
         import torch
 
-        from catalens.images import decode_image, read_image_source
+        from catalens.images import decode_image, read_stored_image
 
         with self.sessions() as session:
             sources = {row.id: row.source for row in session.scalars(
@@ -271,9 +265,9 @@ class Searcher:
             if hit.vector_id not in sources:
                 continue
             try:
-                data = read_image_source(sources[hit.vector_id], images_root=None,
-                                         timeout_s=self.settings.fetch_timeout_s, max_bytes=self.settings.max_fetch_bytes)
-                pixels.append(reranker.preprocess(decode_image(data, max_pixels=self.settings.max_image_pixels)))
+                data = read_stored_image(sources[hit.vector_id], self.settings, catalog=self.snapshot.manifest.catalog)
+                pixels.append(reranker.preprocess(decode_image(data, max_pixels=self.settings.max_image_pixels,
+                                                               max_aspect=self.settings.max_aspect_ratio)))
                 found[i] = True
             except CatalensError:
                 continue
@@ -338,19 +332,32 @@ class Searcher:
                 encode_s: float, exclude: int | None = None) -> SearchOutcome:
         timings = {"encode": encode_s}
         query = vec[None, :].astype(np.float32)
-        allowed = self._allowed_vector_ids(snap, filters) if filters.active else None
         want = k + (exclude is not None)
-        if allowed is not None:
+        if filters.active:
+            # The filter runs inside FAISS: the allowed vector ids (from SQL) restrict the
+            # search itself, which returns exactly min(fetch, allowed) vectors on any index
+            # type. Products own several vectors, so the fetch grows until `want` products
+            # came back or every allowed vector did: k products whenever k pass the filter.
             t0 = time.perf_counter()
-            scores, ids = snap.images.search_subset(query, len(allowed), allowed)
-            timings["ann"] = time.perf_counter() - t0
-            best = self._best_per_product(snap, scores[0], ids[0])
-            # Resolve only the head of the ranking: fetching every allowed product's row was
-            # most of a filtered query's time. The tail is read only if rows vanished meanwhile.
-            head = dict(itertools.islice(best.items(), 2 * want + 8))
-            hits = self._resolve(head, filters, want, timings, with_captions=snap.has_captions)
-            if len(hits) < want and len(head) < len(best):
-                hits = self._resolve(best, filters, want, timings, with_captions=snap.has_captions)
+            allowed = self._allowed_vector_ids(snap, filters)
+            timings["metadata"] = time.perf_counter() - t0
+            per_product = len(snap.owner) / max(1, len(snap.vectors_of))
+            fetch = min(len(allowed), max(FILTERED_MIN_FETCH, math.ceil(FILTERED_FETCH_FACTOR * want * per_product)))
+            hits: list[Hit] = []
+            while fetch > 0:
+                t0 = time.perf_counter()
+                scores, ids = snap.images.search_filtered(query, fetch, allowed)
+                timings["ann"] = timings.get("ann", 0.0) + time.perf_counter() - t0
+                best = self._best_per_product(snap, scores[0], ids[0])
+                # Resolve only the head of the ranking: the tail is read only if rows vanished
+                # or stopped matching since the allowed set was read.
+                head = dict(itertools.islice(best.items(), 2 * want + 8))
+                hits = self._resolve(head, filters, want, timings, with_captions=snap.has_captions)
+                if len(hits) < want and len(head) < len(best):
+                    hits = self._resolve(best, filters, want, timings, with_captions=snap.has_captions)
+                if len(hits) >= want or fetch >= len(allowed):
+                    break
+                fetch = min(len(allowed), fetch * 4)
         else:
             fetch = max(want * 4, 32)
             while True:
@@ -367,17 +374,32 @@ class Searcher:
             self.observe(stage, seconds)
         return SearchOutcome(hits, snap.version_id, timings)
 
-    def _allowed_vector_ids(self, snap: Snapshot, filters: Filters) -> np.ndarray | None:
-        """Vector ids of products passing the filters, if few enough for exact search."""
+    def _allowed_vector_ids(self, snap: Snapshot, filters: Filters) -> np.ndarray:
+        """Ids (int64, sorted) of the snapshot's vectors whose products pass the filters.
+
+        The products come from SQL (Filters.clauses() over Product), on every filtered query;
+        they map to vector ids through a per-snapshot table built on first use, with numpy.
+        """
+        table = getattr(self, "_vector_table", None)
+        if table is None or table[0]() is not snap:
+            # Weakly held: a swapped-out snapshot (and its FAISS index) must stay freeable.
+            vids = np.fromiter(snap.owner, np.int64, len(snap.owner))
+            owners = np.fromiter((pk for pk, _ in snap.owner.values()), np.int64, len(snap.owner))
+            order = np.argsort(vids)
+            table = (weakref.ref(snap), vids[order], owners[order])
+            self._vector_table = table
+        _, vids, owners = table
         with self.sessions() as session:
-            count = session.scalar(select(func.count()).select_from(Product).where(*filters.clauses()))
-            if count is None or count * 3 > SUBSET_LIMIT:
-                return None
-            pks = set(session.scalars(select(Product.id).where(*filters.clauses())))
-        return np.array([vid for pk in pks for vid in snap.vectors_of.get(pk, ())], np.int64)
+            pks = np.fromiter(session.scalars(select(Product.id).where(*filters.clauses())), np.int64)
+        if not len(vids) or not len(pks):
+            return np.zeros(0, np.int64)
+        passes = np.zeros(int(owners.max()) + 1, bool)
+        passes[pks[(pks >= 0) & (pks < len(passes))]] = True  # newer products have no vectors here
+        return vids[passes[owners]]
 
     @staticmethod
     def _best_per_product(snap: Snapshot, scores: np.ndarray, ids: np.ndarray) -> dict[int, tuple[float, int, int]]:
+        """Each product's best vector (score, image position or -1, vector id), best product first."""
         best: dict[int, tuple[float, int, int]] = {}
         for score, vid in zip(scores.tolist(), ids.tolist()):
             if vid < 0 or vid not in snap.owner:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import socket
 import subprocess
@@ -44,7 +45,7 @@ def _quiet_threads() -> None:
 
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from catalens.world import write_sample_catalog
+    from sampledata.catalog import write_sample_catalog
 
     out = tmp_path_factory.mktemp("sample")
     write_sample_catalog(out, n=SAMPLE_N, seed=SAMPLE_SEED, n_queries=60, progress=False)
@@ -101,6 +102,16 @@ def client(sample_index: SampleIndex, searcher) -> Iterator:  # type: ignore[no-
                      searcher=searcher)
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def trusted_image_sources(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """For modules whose catalogs name images in other tmp folders or on a 127.0.0.1 image host:
+    allow both (CATALENS_IMAGE_ROOTS, CATALENS_URL_ALLOW) for in-process builds, CLIs and servers."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CATALENS_IMAGE_ROOTS", json.dumps([str(tmp_path_factory.getbasetemp())]))
+        env.setenv("CATALENS_URL_ALLOW", json.dumps(["127.0.0.1"]))
+        yield
 
 
 def free_port() -> int:

@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import Server, start_server, stop_server
 from tests.test_lifecycle import absolute_images, build_in_process, image_search, read_rows, text_search, write_rows
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("trusted_image_sources")]
 
 KEY = "test-admin-key-7f3a"
 ROUTES = [("/v1/admin/reload", None), ("/v1/admin/products", {"products": [{"product_id": "X", "title": "x"}]}),
@@ -21,7 +21,7 @@ ROUTES = [("/v1/admin/reload", None), ("/v1/admin/products", {"products": [{"pro
 
 @pytest.fixture(scope="module")
 def admin_world(tmp_path_factory: pytest.TempPathFactory, encoder: Any) -> tuple[list[dict[str, str]], Path]:
-    from catalens.world import write_sample_catalog
+    from sampledata.catalog import write_sample_catalog
 
     out = tmp_path_factory.mktemp("admin-world")
     write_sample_catalog(out, n=40, seed=31, n_queries=5, progress=False)
@@ -123,7 +123,8 @@ def test_upsert_and_delete_over_http(server: Server, admin_world: tuple[list[dic
     assert broken.json()["images_failed"] == 1 and "NEW-2" in broken.json()["errors"][0]
     assert text_search(server, "Quartz moonlight carafe", k=3)["results"][0]["product_id"] == "NEW-2"
 
-    for bad, needle in (([{"product_id": "B", "title": "b", "image": "relative/path.jpg"}], "absolute path"),
+    for bad, needle in (([{"product_id": "B", "title": "b", "image": "/etc/hostname"}],
+                         "outside the allowed image folders"),
                         ([{"product_id": "B", "title": "b", "price": -1}], "price"),
                         ([{"product_id": "B", "title": " "}], "title"),
                         ([], "products")):

@@ -52,7 +52,8 @@ def test_version_without_manifest_is_incomplete(index_copy: Path) -> None:
         artifacts.load_version(_active(index_copy))
 
 
-def test_service_refuses_an_index_built_with_another_model(index_copy: Path, encoder) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.reliability
+def test_row16_service_refuses_an_index_built_with_another_model(index_copy: Path, encoder) -> None:  # type: ignore[no-untyped-def]
     from catalens.db import create_db_engine, create_session_factory
     from retrieval.searcher import load_snapshot
 

@@ -336,3 +336,34 @@ def test_no_index_shows_a_readable_message(browser, tmp_path: Path) -> None:  # 
         except subprocess.TimeoutExpired:
             proc.kill()
         shutil.rmtree(tmp_path / "empty", ignore_errors=True)
+
+
+
+def test_page_takes_its_limits_from_the_server(page, server: Server, sample_index: SampleIndex) -> None:  # type: ignore[no-untyped-def]
+    """The file input's accept, the query's maxlength and the k choices come from GET /v1/config,
+    and change with it: nothing is copied into the page by hand. (tests/test_config_route.py
+    checks that /v1/config follows the server's settings.)"""
+    config = httpx.get(f"{server.url}/v1/config").json()
+    page.wait_for_function("() => document.querySelector('#image-input').accept !== ''")
+    assert page.get_attribute("#image-input", "accept") == ",".join(config["image_formats"])
+    assert page.get_attribute("#q", "maxlength") == str(config["max_query_chars"])
+    k_choices = page.eval_on_selector_all("#k option", "os => os.map(o => Number(o.value))")
+    assert max(k_choices) == config["max_k"] and page.input_value("#k") == "24"
+
+    # A server with other rules (answered here by rewriting /v1/config, cheaper than a second
+    # server): the page follows, and refuses an image over the upload limit before sending it.
+    image = first_image(sample_index, sample_index.rows()[3])
+    other = {**config, "image_formats": ["image/png", "image/jpeg"], "max_upload_bytes": image.stat().st_size // 2,
+             "max_query_chars": 50, "max_k": 30}
+    page.route("**/v1/config", lambda route: route.fulfill(json=other))
+    page.reload()
+    page.wait_for_function("() => document.querySelector('#image-input').accept === 'image/png,image/jpeg'")
+    assert page.get_attribute("#q", "maxlength") == "50"
+    assert page.eval_on_selector_all("#k option", "os => os.map(o => Number(o.value))") == [12, 24, 30]
+    uploads: list[str] = []
+    page.on("request", lambda r: uploads.append(r.url) if r.url.endswith("/v1/search/image") else None)
+    page.set_input_files("#image-input", str(image))
+    page.wait_for_selector("#message", state="visible")
+    text = page.inner_text("#message")
+    assert "too large" in text and "payload_too_large" in text, text
+    assert uploads == [], "the page uploaded an image over the server's limit"

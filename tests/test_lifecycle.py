@@ -24,7 +24,7 @@ from PIL import Image
 from catalens import artifacts
 from tests.conftest import CATALENS, Server, run_cli, start_server, stop_server
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("trusted_image_sources")]
 
 SAMPLE_N = 150
 SEED = 23
@@ -229,7 +229,7 @@ class QueryLoad:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from catalens.world import write_sample_catalog
+    from sampledata.catalog import write_sample_catalog
 
     out = tmp_path_factory.mktemp("lifecycle-world")
     write_sample_catalog(out, n=SAMPLE_N, seed=SEED, n_queries=10, progress=False)
@@ -454,7 +454,8 @@ def test_bad_images_are_recorded_and_their_products_stay_findable_by_text(
         assert searcher.search_image(image, 1, Filters()).hits[0].product.product_id == row["product_id"]
 
 
-def test_second_builder_exits_fast_with_one_line_and_a_killed_lock_holder_frees_the_lock(
+@pytest.mark.reliability
+def test_row05_second_builder_exits_fast_with_one_line_and_a_killed_lock_holder_frees_the_lock(
         tmp_path: Path, world_rows: list[dict[str, str]], gated: GatedImageServer) -> None:
     rows = world_rows[:12]
     rows[6] = {**rows[6], "image": gated.url()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from sqlalchemy import inspect
 
 from catalens.db import create_db_engine, downgrade_database, upgrade_database
@@ -11,7 +12,8 @@ from catalens.schema import Base
 from tests.conftest import run_cli
 
 
-def test_upgrade_downgrade_upgrade(tmp_path: Path) -> None:
+@pytest.mark.reliability
+def test_row18_upgrade_downgrade_upgrade(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'm.db'}"
     upgrade_database(url)
     engine = create_db_engine(url)

@@ -75,8 +75,9 @@ class _Broken(_Slow):
         raise RuntimeError("reranker crashed")
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("fault", [_Slow, _Broken])
-def test_a_slow_or_failing_reranker_returns_the_first_stage_order_unreranked(
+def test_row17_a_slow_or_failing_reranker_returns_the_first_stage_order_unreranked(
         client, searcher, sample_index: SampleIndex, monkeypatch: pytest.MonkeyPatch, fault: type) -> None:
     query = _query(sample_index)
     expected = [r["product_id"] for r in client.post("/v1/search/text", json={"query": query, "k": 5}).json()["results"]]

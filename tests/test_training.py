@@ -59,7 +59,7 @@ def test_reranker_training_smoke_run_learns_and_its_weights_load(tmp_path: Path)
 def test_reranker_extra_negatives_differ_from_the_caption_product_in_one_attribute() -> None:
     import random
 
-    from catalens import world
+    from sampledata import world
     from training.train_itm import ONE_OFF, _one_off, _one_off_index, itm_caption
 
     rng = random.Random(3)

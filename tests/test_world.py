@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from collections import Counter
 from pathlib import Path
 
-from catalens.world import CATEGORIES, COLOURS, PATTERNS, generate_products, render_product, write_sample_catalog
+from sampledata import texts
+from sampledata.catalog import MARKER, generate_products, write_sample_catalog
+from sampledata.world import CATEGORIES, COLOURS, PATTERNS, ProductSpec, random_spec, render_product
 
 
 def _digest(folder: Path) -> str:
@@ -18,12 +21,57 @@ def _digest(folder: Path) -> str:
     return h.hexdigest()
 
 
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def test_same_seed_same_catalog(tmp_path: Path) -> None:
     a = write_sample_catalog(tmp_path / "a", n=30, seed=5, n_queries=10, progress=False).parent
     b = write_sample_catalog(tmp_path / "b", n=30, seed=5, n_queries=10, progress=False).parent
     assert _digest(a) == _digest(b)
     c = write_sample_catalog(tmp_path / "c", n=30, seed=6, n_queries=10, progress=False).parent
     assert (a / "catalog.csv").read_text() != (c / "catalog.csv").read_text()
+
+
+def test_the_sample_world_never_changes(tmp_path: Path) -> None:
+    """Pinned: the bundled models were trained on this world; a change here silently invalidates them."""
+    out = write_sample_catalog(tmp_path, n=50, seed=3, n_queries=20, progress=False).parent
+    assert _sha((out / "catalog.csv").read_bytes()) == "e6c01d093489fb750174e95c2288ad2f48feb44941ea507d543431d7da27ba7a"
+    assert _sha((out / "queries.jsonl").read_bytes()) == "fa4baa1bd209a8e00bdfbe21b03203cc90b219effd2523019c3a1c492a75edfd"
+    rng = random.Random(0)
+    lines = []
+    for i in range(500):
+        spec = random_spec(rng)
+        lines.append(texts.training_caption(spec, rng, full=i % 2 == 0))
+        text, names = texts.labelled_caption(spec, rng)
+        lines.append(text + " " + json.dumps(names, sort_keys=True))
+        lines.append(texts.describe(spec, rng, brand="Acme", material="oak"))
+    assert _sha("\n".join(lines).encode()) == "5b293e75444fbb5a030c615427ec1725aa3084d2936937c5a7d57c8f1b969b6e"
+
+
+def test_parallel_rendering_and_reuse(tmp_path: Path) -> None:
+    serial = write_sample_catalog(tmp_path / "serial", n=12, seed=5, n_queries=5, progress=False).parent
+    parallel = write_sample_catalog(tmp_path / "parallel", n=12, seed=5, n_queries=5, progress=False,
+                                    workers=2).parent
+    assert _digest(parallel) == _digest(serial)  # the same bytes, whoever renders them
+    image = next((parallel / "images").iterdir())
+    image.unlink()
+    write_sample_catalog(parallel, n=12, seed=5, n_queries=5, progress=False, reuse=True)
+    assert not image.exists()  # a complete folder with the same parameters is returned as it is
+    write_sample_catalog(parallel, n=12, seed=5, n_queries=5, progress=False)
+    assert image.exists()  # without reuse it is written again
+    (parallel / MARKER).unlink()
+    write_sample_catalog(parallel, n=12, seed=5, n_queries=5, progress=False, reuse=True)
+    assert (parallel / MARKER).is_file()  # no marker (an interrupted write): written again
+    write_sample_catalog(parallel, n=13, seed=5, n_queries=5, progress=False, reuse=True)
+    assert json.loads((parallel / MARKER).read_text())["n"] == 13  # other parameters: written again
+
+
+def test_texts_name_every_thing_of_the_world() -> None:
+    assert list(texts.CATEGORY_SYNONYMS) == CATEGORIES
+    assert list(texts.COLOUR_SYNONYMS) == list(COLOURS)
+    assert list(texts.PATTERN_ADJECTIVES) == PATTERNS
+    assert set(texts.PATTERN_NOUNS) == set(PATTERNS) - {"solid"}
 
 
 def test_world_covers_categories_colours_patterns_and_views() -> None:
@@ -62,8 +110,6 @@ def test_query_labels_follow_the_definitions(tmp_path: Path) -> None:
 
 
 def test_rendering_is_a_pure_function_of_spec_and_seed() -> None:
-    from catalens.world import ProductSpec
-
     spec = ProductSpec("mug", "red", "blue", "dotted")
     assert render_product(spec, 3).tobytes() == render_product(spec, 3).tobytes()
     assert render_product(spec, 3).tobytes() != render_product(spec, 4).tobytes()

@@ -19,35 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from catalens import world
+from sampledata import catalog, texts, world
 
 LOG = logging.getLogger("catalens.train")
-DEFAULT_CONFIG = Path(__file__).parent / "configs" / "catalens-demo.json"
 EVAL_SEED = 424242  # held out: never used for training data or the sample catalog
 TRAIN_SEED_OFFSET = 1_000
-
-
-def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    from training.train_itm import add_itm_args
-
-    parser = parser or argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--kind", choices=["clip", "itm"], default="clip",
-                        help="clip: the retrieval model; itm: the reranker head on a frozen CLIP (--base-model)")
-    parser.add_argument("--out", type=Path, required=True, help="output folder for weights + log")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="open_clip model JSON")
-    parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--n-images", type=int, default=24000, help="pre-rendered training images")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--warmup", type=int, default=50)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (and render workers)")
-    parser.add_argument("--eval-products", type=int, default=2000)
-    parser.add_argument("--image-loss-weight", type=float, default=0.75,
-                        help="weight of the image-image ClipLoss between two renders of a spec")
-    parser.add_argument("--eval-every", type=int, default=0, help="steps between evals (0: end only)")
-    add_itm_args(parser)
-    return parser
 
 
 # --- data --------------------------------------------------------------------------------
@@ -101,20 +77,6 @@ def render_training_set(n: int, seed: int, size: int, workers: int,
     return specs, np.stack(images).reshape(len(specs), views, size, size, 3), groups
 
 
-def caption_for(spec: world.ProductSpec, rng: random.Random, *, full: bool = False) -> str:
-    """A training caption: query-like, colour-role or title-like; `full` names every attribute."""
-    if full and spec.secondary:
-        return world.swap_query(spec, rng) if rng.random() < 0.5 else world.describe_full(spec, rng)
-    form = rng.random()
-    if form < 0.4:
-        return world.plain_query(spec, rng)
-    if form < 0.6 and spec.secondary:
-        return world.swap_query(spec, rng)
-    brand = rng.choice(world.BRANDS) if rng.random() < 0.3 else ""
-    material = rng.choice(world.MATERIALS[spec.category]) if rng.random() < 0.3 else ""
-    return world.describe(spec, rng, brand=brand, material=material)
-
-
 def sample_batch(groups: list[list[int]], batch_size: int, rng: random.Random) -> tuple[list[int], list[bool]]:
     """Whole groups until the batch is full; flags mark members of a group with hard negatives."""
     batch: list[int] = []
@@ -157,17 +119,17 @@ def evaluate_in_memory(model, preprocess, tokenizer, *, n_products: int, seed: i
 
     from retrieval.evaluation import score_rankings
 
-    products = world.generate_products(n_products, seed)
+    products = catalog.generate_products(n_products, seed)
     from PIL import Image
 
     tensors, owners = [], []
     for i, p in enumerate(products):
         for view in range(p.n_views):
-            img = world.render_product(p.spec, world._image_seed(seed, i, view))
+            img = world.render_product(p.spec, catalog.image_seed(seed, i, view))
             tensors.append(preprocess(jpeg_roundtrip(img)))
             owners.append(i)
     tmp = Path("/tmp") / f"catalens-eval-{seed}"
-    queries = world.build_queries(products, seed=seed, n=300, out=tmp)
+    queries = catalog.build_queries(products, seed=seed, n=300, out=tmp)
     with torch.inference_mode():
         img_emb = encode_images(model, torch.stack(tensors))
         owner_t = torch.tensor(owners)
@@ -274,8 +236,8 @@ def train(args: argparse.Namespace) -> dict:
         idx, full = sample_batch(groups, args.batch_size, rng)
         # Two renders of each spec: both match the caption, and each other (image queries).
         x = (pixels[idx].flatten(0, 1).float() / 255.0 - mean) / std
-        texts = tokenizer([caption_for(specs[i], rng, full=f) for i, f in zip(idx, full)])
-        out = model(x, texts)
+        tokens = tokenizer([texts.training_caption(specs[i], rng, full=f) for i, f in zip(idx, full)])
+        out = model(x, tokens)
         img = out["image_features"].view(len(idx), -1, out["image_features"].shape[-1])
         scale = out["logit_scale"]
         loss = (loss_fn(img[:, 0], out["text_features"], scale) + loss_fn(img[:, 1], out["text_features"], scale)) / 2
@@ -307,26 +269,3 @@ def train(args: argparse.Namespace) -> dict:
     shutil.copy(args.config, args.out / f"{name}.json")
     LOG.removeHandler(handler)
     return write_summary(args, model=name, train_s=train_s, metrics=metrics, history=history)
-
-
-def run(args: argparse.Namespace) -> dict:
-    """Train what --kind asks for, then write its model card beside the weights."""
-    from training.write_model_card import write_model_card
-
-    if args.kind == "itm":
-        from training.train_itm import train_itm
-
-        summary = train_itm(args)
-    else:
-        summary = train(args)
-    write_model_card(args.out)
-    return summary
-
-
-def main(argv: list[str] | None = None) -> int:
-    run(build_parser().parse_args(argv))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from catalens import world
+from sampledata import catalog, texts, world
 from training.train_clip import (
     EVAL_SEED,
     TRAIN_SEED_OFFSET,
@@ -51,47 +51,8 @@ class Caption:
 
 def itm_caption(spec: world.ProductSpec, rng: random.Random) -> Caption:
     """Shopper-style captions in the forms `catalens sample` queries use, with what they name."""
-    cat = rng.choice(world.CATEGORY_SYNONYMS[spec.category])
-    main = rng.choice(world.COLOUR_SYNONYMS[spec.main])
-    adj = rng.choice(world.PATTERN_ADJECTIVES[spec.pattern])
-    base = {"category": spec.category, "main": spec.main}
-    if spec.secondary is None:
-        form = rng.randrange(3)
-        if form == 0:
-            return Caption(f"{main} {cat}", base, spec)
-        text = f"a {main} {cat} with no pattern" if form == 1 else f"{adj} {main} {cat}"
-        return Caption(text, {**base, "pattern": spec.pattern}, spec)
-    second = rng.choice(world.COLOUR_SYNONYMS[spec.secondary])
-    noun = rng.choice(world.PATTERN_NOUNS[spec.pattern])
-    with_pattern = {**base, "pattern": spec.pattern}
-    full = {**with_pattern, "secondary": spec.secondary}
-    forms = [
-        (f"{main} {adj} {cat}", with_pattern), (f"{adj} {main} {cat}", with_pattern),
-        (f"{main} {cat} with {noun}", with_pattern), (f"{adj} {cat} in {main}", with_pattern),
-        (f"{main} {cat} with {second} {noun}", full), (f"{main} {cat} with {second} {noun}", full),
-        (f"{adj} {cat} in {main} with {second} {noun}", full), (f"{main} {adj} {cat} with {second} {noun}", full),
-        (f"{main} {cat}", base),
-    ]
-    text, names = rng.choice(forms)
+    text, names = texts.labelled_caption(spec, rng)
     return Caption(text, names, spec)
-
-
-def add_itm_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--base-model", default="catalens-demo",
-                        help="(itm) the frozen CLIP whose features the ITM head reads")
-    parser.add_argument("--itm-width", type=int, default=128, help="(itm) width of the cross-attention blocks")
-    parser.add_argument("--itm-layers", type=int, default=2, help="(itm) cross-attention blocks")
-    parser.add_argument("--token-layer", type=int, default=-1,
-                        help="(itm) image tokens after this many ViT blocks (0: patch embeddings; -1: final)")
-    parser.add_argument("--image-encoder", choices=["clip", "conv", "conv+clip"], default="conv+clip",
-                        help="(itm) image tokens: the CLIP's ViT tokens, the head's own conv grid, or the grid"
-                             " with the CLIP's ViT tokens")
-    parser.add_argument("--grid-width", type=int, default=64, help="(itm) channels per conv grid token (stored)")
-    parser.add_argument("--mined", type=int, default=2,
-                        help="(itm) negatives per caption drawn from the frozen CLIP's top 20 for it")
-    parser.add_argument("--one-off-negatives", type=int, default=1,
-                        help="(itm) images per caption that differ from its product only in category, and as many"
-                             " only in secondary colour")
 
 
 def train_itm(args: argparse.Namespace) -> dict:
@@ -274,20 +235,20 @@ def evaluate_reranking(clip, head, *, n_products: int, top_n: int = 20, seed: in
 
     from catalens.config import Settings
     from catalens.itm import clip_text_states, itm_image_features
+    from catalens.ranking import fused_score
     from retrieval.evaluation import score_rankings
-    from retrieval.searcher import fused_score
     from training.train_clip import jpeg_roundtrip
 
     default_w = Settings().rerank_weight
     weights = tuple(sorted({*weights, default_w}))
-    products = world.generate_products(n_products, seed)
+    products = catalog.generate_products(n_products, seed)
     tensors, owners = [], []
     for i, p in enumerate(products):
         for view in range(p.n_views):
-            tensors.append(clip.preprocess(jpeg_roundtrip(world.render_product(p.spec, world._image_seed(seed, i, view)))))
+            tensors.append(clip.preprocess(jpeg_roundtrip(world.render_product(p.spec, catalog.image_seed(seed, i, view)))))
             owners.append(i)
     tmp = Path("/tmp") / f"catalens-itm-eval-{seed}"
-    queries = [q for q in world.build_queries(products, seed=seed, n=300, out=tmp) if "text" in q]
+    queries = [q for q in catalog.build_queries(products, seed=seed, n=300, out=tmp) if "text" in q]
     shutil.rmtree(tmp, ignore_errors=True)
     pixels = torch.stack(tensors)
     owner_t = torch.tensor(owners)

@@ -9,7 +9,7 @@ from pathlib import Path
 CLIP_TEMPLATE = """# {name}
 
 A small CLIP trained from scratch by Catalens, on CPU, on the procedurally generated product
-world of `catalens sample` (`catalens/world.py`). It ships inside the package so that the
+world of `catalens sample` (`sampledata/world.py`). It ships inside the package so that the
 demo, the tests and the benchmarks run with no model hub.
 
 ## What it is
@@ -155,8 +155,8 @@ def _itm_card(folder: Path, summary: dict) -> str:
 
 def _feature_bytes(folder: Path) -> int:
     """Bytes stored per image: the features of one rendered product, as the indexer computes them."""
-    from catalens import world
     from catalens.reranker import load_itm_reranker
+    from sampledata import world
 
     reranker = load_itm_reranker(folder)
     image = world.render_product(world.ProductSpec("mug", "red", "blue", "dotted"), seed=0)

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import hmac
+import math
 import time
+import unicodedata
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from catalens.errors import ForbiddenError, UnauthorizedError
-from retrieval.deps import SearcherDep, SettingsDep
-from retrieval.schemas import ErrorOut
+from retrieval.deps import EditorDep, SearcherDep, SettingsDep
+from retrieval.schemas import error_responses, require_finite
 
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <CATALENS_API_KEY>")
 _header_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="the server's CATALENS_API_KEY")
@@ -31,8 +33,9 @@ def require_api_key(settings: SettingsDep,
         raise ForbiddenError("wrong API key")
 
 
-ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorOut} for code in (401, 403, 409, 413, 422, 503)}
+ADMIN_ERRORS = error_responses(400, 401, 403, 409, 413, 422, 503)
+# Extra product fields become stored attributes: JSON values this deep at most.
+MAX_ATTRIBUTE_DEPTH = 8
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_api_key)],
                    responses=ADMIN_ERRORS)
 
@@ -49,8 +52,47 @@ class ProductIn(BaseModel):
         default=None, description="http(s) URL or absolute path on the server; a list or '|'-separated for several")
     category: str | None = None
     brand: str | None = None
-    price: float | None = Field(default=None, ge=0)
+    price: float | None = Field(default=None, ge=0, allow_inf_nan=False, strict=True)
     currency: str | None = None
+
+    _finite_price = field_validator("price")(require_finite)
+
+    @field_validator("product_id")
+    @classmethod
+    def _fetchable_id(cls, value: str) -> str:
+        """An id must come back unchanged in /v1/products/{id}: no '/', no control characters,
+        no surrounding whitespace (refused rather than silently trimmed)."""
+        if "/" in value:
+            raise ValueError("must not contain '/'")
+        bad = next((ch for ch in value if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp")), None)
+        if bad is not None:
+            raise ValueError(f"must not contain control or invisible characters (found U+{ord(bad):04X})")
+        if value != value.strip() or unicodedata.category(value[0]).startswith("Z") \
+                or unicodedata.category(value[-1]).startswith("Z"):
+            raise ValueError("must not start or end with whitespace")
+        return value
+
+    @model_validator(mode="after")
+    def _storable_attributes(self) -> ProductIn:
+        for name, value in (self.model_extra or {}).items():
+            problem = _attribute_problem(value, MAX_ATTRIBUTE_DEPTH)
+            if problem:
+                raise ValueError(f"attribute {name!r} {problem}")
+        return self
+
+
+def _attribute_problem(value: Any, depth_left: int) -> str | None:
+    """Why an attribute value cannot be stored and served back as JSON, or None."""
+    stack = [(value, depth_left)]
+    while stack:
+        item, left = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return "must hold finite numbers only (no NaN or Infinity)"
+        if isinstance(item, (list, dict)):
+            if left <= 0:
+                return f"is nested more than {MAX_ATTRIBUTE_DEPTH} levels deep"
+            stack.extend((v, left - 1) for v in (item.values() if isinstance(item, dict) else item))
+    return None
 
 
 class UpsertIn(BaseModel):
@@ -91,29 +133,25 @@ class ReloadOut(BaseModel):
 
 
 @router.post("/products", response_model=UpsertOut)
-def upsert_products(body: UpsertIn, searcher: SearcherDep, settings: SettingsDep) -> UpsertOut:
+def upsert_products(body: UpsertIn, searcher: SearcherDep, editor: EditorDep) -> UpsertOut:
     """Add or update products; only new or changed images and texts are embedded."""
-    from indexer.maintenance import upsert_records
-
     started = time.perf_counter()
     records = [p.model_dump(exclude_none=True) for p in body.products]
-    summary = upsert_records(settings, records, encoder=searcher.encoder)
+    summary = editor.upsert(records, encoder=searcher.encoder)
     version = searcher.reload()
-    return UpsertOut(index_version=version, upserted=summary.indexed, images_ok=summary.images_ok,
-                     images_failed=summary.images_failed, images_embedded=summary.embedded,
-                     images_cached=summary.cached, texts_embedded=summary.texts_embedded,
+    return UpsertOut(index_version=version, upserted=summary.upserted, images_ok=summary.images_ok,
+                     images_failed=summary.images_failed, images_embedded=summary.images_embedded,
+                     images_cached=summary.images_cached, texts_embedded=summary.texts_embedded,
                      texts_cached=summary.texts_cached, vectors=summary.vectors,
-                     errors=summary.error_lines[:100], took_ms=round((time.perf_counter() - started) * 1000, 2))
+                     errors=summary.errors, took_ms=round((time.perf_counter() - started) * 1000, 2))
 
 
 @router.post("/products/delete", response_model=DeleteOut)
-def delete_products(body: DeleteIn, searcher: SearcherDep, settings: SettingsDep) -> DeleteOut:
+def delete_products(body: DeleteIn, searcher: SearcherDep, editor: EditorDep) -> DeleteOut:
     """Remove products from every endpoint and publish a version without their vectors."""
-    from indexer.maintenance import delete_products as delete
-
-    result = delete(settings, list(dict.fromkeys(body.ids)))
+    result = editor.delete(list(dict.fromkeys(body.ids)))
     version = searcher.reload()
-    return DeleteOut(index_version=version, deleted=result["deleted"], missing=result["missing"])
+    return DeleteOut(index_version=version, deleted=result.deleted, missing=result.missing)
 
 
 @router.post("/reload", response_model=ReloadOut)

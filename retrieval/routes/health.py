@@ -6,7 +6,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from retrieval.deps import MetricsDep, SearcherDep
+from retrieval.deps import NOT_READY_MESSAGE, MetricsDep, SearcherDep
+from retrieval.schemas import error_responses
 
 router = APIRouter(tags=["health"])
 
@@ -17,13 +18,12 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {}})
+@router.get("/readyz", responses=error_responses(503))
 def readyz(searcher: SearcherDep) -> JSONResponse:
     """Ready once an index version is loaded (503 until then)."""
     snap = searcher.current
     if snap is None:
-        return JSONResponse({"error": {"code": "index_not_ready", "message":
-                             "no index loaded yet: build one with `catalens index build`"}}, status_code=503)
+        return JSONResponse({"error": {"code": "index_not_ready", "message": NOT_READY_MESSAGE}}, status_code=503)
     return JSONResponse({"status": "ready", "index_version": snap.version_id, "vectors": snap.images.ntotal})
 
 

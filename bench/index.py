@@ -1,0 +1,207 @@
+"""`bench index`: end-to-end indexing images/s next to two ceilings measured in the same run.
+
+Same model, batch size and threads throughout: model-only (pre-decoded tensors through
+the image tower) and decode-only (the reader stage alone: read + hash + decode + thumbnail
++ preprocess), then a real `index build` into a fresh index.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.machine import BenchError, Log, machine_info, quiet, set_threads, utc_now
+from bench.workload import CATALOG_SEED, catalog_images, ensure_catalog, load_encoder
+from catalens.config import Settings
+
+# The stages a build reports in BuildSummary.stages (seconds each), in pipeline order.
+BUILD_STAGES = ("sync", "plan", "embed", "write", "publish")
+IMAGE_STAGE = "embed"  # the stage that reads, decodes and embeds the images
+
+INDEX_DEFINITIONS = {
+    "end_to_end_ips": "images / wall time of the whole `index build` (catalog read, metadata sync, "
+                      "image read+hash+decode+thumbnail+preprocess+embed, cache and DB writes, "
+                      "product-text embedding, FAISS build, version write + validation); model load excluded",
+    "image_stage_ips": f"images / wall time of the builder's {IMAGE_STAGE!r} stage (read..embed..write) when the "
+                       "build reports its stages in phases_s (" + ", ".join(BUILD_STAGES) + "), else of the whole "
+                       "build (phases_s then holds only 'build')",
+    "model_only_ips": "pre-decoded tensors through the image tower in batches of batch_size",
+    "decode_only_ips": "the reader stage alone (read, sha256, decode, thumbnail, preprocess) "
+                       "with decode_workers threads",
+    "shared_cpu_bound_ips": "1 / (1/model_only + 1/decode_only): the ceiling when both stages "
+                            "compete for the same cores",
+}
+
+
+@dataclass(kw_only=True)
+class IndexBench:
+    """One `bench index` result; its fields are the JSON keys, in order."""
+
+    bench: str = "index"
+    model: str
+    model_id: str
+    n: int
+    images: int
+    end_to_end_ips: float
+    model_only_ips: float
+    decode_only_ips: float
+    image_stage_ips: float
+    end_to_end_vs_model_only: float
+    image_stage_vs_model_only: float
+    end_to_end_vs_min_ceiling: float
+    shared_cpu_bound_ips: float
+    bottleneck: str
+    build_seconds: float
+    phases_s: dict[str, float]
+    model_s_in_pipeline: dict[str, float]
+    texts_embedded: int
+    rerank_features: str | None
+    vectors: int
+    factory: str
+    batch_size: int
+    torch_threads: int
+    decode_workers: int
+    image_size: int
+    dim: int
+    device: str
+    catalog: str
+    definitions: dict[str, str] = field(default_factory=lambda: dict(INDEX_DEFINITIONS))
+    machine: dict[str, Any] = field(default_factory=machine_info)
+    created_at: str = field(default_factory=utc_now)
+
+
+def build_phases(summary: Any, total_s: float) -> dict[str, float]:
+    """Seconds per build stage from the builder's own BuildSummary.stages, else the whole build."""
+    stages = getattr(summary, "stages", None)
+    if isinstance(stages, dict) and any(name in stages for name in BUILD_STAGES):
+        return {name: float(stages[name]) for name in BUILD_STAGES if name in stages}
+    return {"build": total_s}
+
+
+def timed_embedder(encoder, reranker=None):  # type: ignore[no-untyped-def]
+    """An Embedder that adds the seconds spent inside each model call to pixel_s or text_s."""
+    from indexer.embedder import Embedder
+
+    counters = {"embed_pixels": "pixel_s", "embed_pixels_with_features": "pixel_s", "rerank_features": "pixel_s",
+                "embed_texts": "text_s"}
+    missing = [name for name in counters if not callable(getattr(Embedder, name, None))]
+    if missing:  # a renamed method would otherwise be timed as zero seconds, silently
+        raise BenchError(f"indexer.embedder.Embedder has no {', '.join(missing)}: update bench/index.py")
+
+    def timed(name: str, counter: str) -> Callable[..., Any]:
+        def call(self: Any, *args: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return getattr(Embedder, name)(self, *args)
+            finally:
+                setattr(self, counter, getattr(self, counter) + time.perf_counter() - t0)
+        return call
+
+    methods = {name: timed(name, counter) for name, counter in counters.items()}
+    TimedEmbedder = type("TimedEmbedder", (Embedder,), {"pixel_s": 0.0, "text_s": 0.0, **methods})
+    return TimedEmbedder(encoder, reranker=reranker)
+
+
+def measure_index(settings: Settings, *, n: int, seed: int = CATALOG_SEED, decode_workers: int | None = None,
+                  model_only_mb: float = 1024, render_workers: int | None = None, log: Log = quiet) -> IndexBench:
+    """Decode-only and model-only ceilings, then a real build of a generated n-product catalog."""
+    import torch
+
+    from indexer.builder import BuildOptions, build_index
+    from indexer.reader import ImageJob, ImageReader
+
+    threads = settings.torch_threads()
+    workers = decode_workers or settings.decode_workers
+    settings = settings.model_copy(update={"threads": threads, "decode_workers": workers})
+    catalog = ensure_catalog(settings, n=n, seed=seed, render_workers=render_workers, log=log)
+    paths = catalog_images(catalog)
+    set_threads(threads)
+    log(f"loading model {settings.model}; torch/FAISS threads {threads}, decode workers {workers}, "
+        f"batch {settings.batch_size}, {len(paths)} images")
+    encoder = load_encoder(settings)
+    root = settings.bench_cache()
+    root.mkdir(parents=True, exist_ok=True)
+
+    # 1. decode-only ceiling: the pipeline's reader stage alone, same worker count, thumbnails written.
+    bytes_per_image = 3 * 4 * encoder.image_size ** 2
+    keep = max(4 * settings.batch_size, min(len(paths), int(model_only_mb * 2**20 // bytes_per_image)))
+    with tempfile.TemporaryDirectory(dir=root, prefix="decode-") as tmp:
+        reader = ImageReader(settings.model_copy(update={"index_dir": Path(tmp)}), images_root=None,
+                             preprocess=encoder.preprocess, image_size=encoder.image_size,
+                             is_cached=lambda digest: False)
+        jobs = [ImageJob(i, str(p)) for i, p in enumerate(paths)]
+
+        def read_one(job: ImageJob) -> Any:
+            loaded = reader(job)
+            if loaded.error:
+                raise BenchError(f"cannot read {job.source}: {loaded.error}")
+            return loaded.pixels if job.image_id < keep else None
+
+        with ThreadPoolExecutor(workers) as pool:
+            t0 = time.perf_counter()
+            decoded = list(pool.map(read_one, jobs))
+            decode_s = time.perf_counter() - t0
+    decode_ips = len(paths) / decode_s
+    log(f"decode-only: {decode_ips:.1f} img/s")
+
+    # 2. model-only ceiling: pre-decoded tensors through the image tower, same batch size.
+    pixels = [p for p in decoded if p is not None]
+    del decoded
+    batches = [pixels[i:i + settings.batch_size] for i in range(0, len(pixels), settings.batch_size)]
+    encoder.encode_pixels(torch.stack(batches[0]))  # warm-up, not timed
+    t0 = time.perf_counter()
+    for batch in batches:
+        encoder.encode_pixels(torch.stack(batch))
+    model_s = time.perf_counter() - t0
+    model_ips = len(pixels) / model_s
+    del pixels, batches
+    log(f"model-only: {model_ips:.1f} img/s over {min(keep, len(paths))} images")
+
+    # 3. end to end: a real `index build` (read, decode, preprocess, embed, write) into a fresh index.
+    embedder = timed_embedder(encoder)
+    with tempfile.TemporaryDirectory(dir=root, prefix="index-") as tmp:
+        build_settings = settings.model_copy(update={"index_dir": Path(tmp)})
+        t0 = time.perf_counter()
+        summary = build_index(build_settings, BuildOptions(catalog=catalog, progress=False), encoder=encoder,
+                              embedder=embedder)
+        total_s = time.perf_counter() - t0
+    if summary.images_failed or summary.embedded != len(paths):
+        raise BenchError(f"the benchmark build embedded {summary.embedded} of {len(paths)} images "
+                         f"({summary.images_failed} failed)")
+    phases = build_phases(summary, total_s)
+    e2e_ips = summary.embedded / total_s
+    image_stage_ips = summary.embedded / phases.get(IMAGE_STAGE, total_s)
+    return IndexBench(
+        model=settings.model,
+        model_id=encoder.model_id,
+        n=n,
+        images=len(paths),
+        end_to_end_ips=round(e2e_ips, 2),
+        model_only_ips=round(model_ips, 2),
+        decode_only_ips=round(decode_ips, 2),
+        image_stage_ips=round(image_stage_ips, 2),
+        end_to_end_vs_model_only=round(e2e_ips / model_ips, 3),
+        image_stage_vs_model_only=round(image_stage_ips / model_ips, 3),
+        end_to_end_vs_min_ceiling=round(e2e_ips / min(model_ips, decode_ips), 3),
+        shared_cpu_bound_ips=round(1 / (1 / model_ips + 1 / decode_ips), 2),
+        bottleneck="model" if model_ips < decode_ips else "decode",
+        build_seconds=round(total_s, 2),
+        phases_s={k: round(v, 3) for k, v in phases.items()},
+        model_s_in_pipeline={"images": round(embedder.pixel_s, 3), "texts": round(embedder.text_s, 3)},
+        texts_embedded=summary.texts_embedded,
+        rerank_features=settings.reranker if settings.rerank_features else None,
+        vectors=summary.vectors,
+        factory=summary.factory,
+        batch_size=settings.batch_size,
+        torch_threads=threads,
+        decode_workers=workers,
+        image_size=encoder.image_size,
+        dim=encoder.dim,
+        device=encoder.device,
+        catalog=str(catalog),
+    )

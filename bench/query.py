@@ -1,0 +1,374 @@
+"""`bench query`: QPS and latency percentiles of a real `catalens serve` subprocess under load.
+
+This process drives the server over HTTP (httpx, asyncio, C closed-loop clients for T
+seconds per scenario): text (Zipf-popular queries), text_uncached (every query new), image,
+similar items and, when the server has a reranker, text_rerank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.machine import BenchError, Log, machine_info, model_slug, quiet, set_threads, utc_now
+from bench.workload import CATALOG_SEED, ensure_catalog, load_encoder, with_random_weights
+from catalens.config import Settings
+from catalens.errors import CatalensError
+
+SCENARIOS = ("text", "text_uncached", "image", "similar", "text_rerank")
+DRIVER = ("httpx.AsyncClient in the bench process (closed loop), server = `catalens serve` subprocess; "
+          "both share the machine's cores")
+
+ScenarioStats = dict[str, Any]  # qps, p50_ms, p95_ms, p99_ms, mean_ms, max_ms, errors, ... and the scenario's detail
+
+
+@dataclass(kw_only=True)
+class QueryBench:
+    """One `bench query` result; its fields are the JSON keys, in order. A scenario that could not run is None."""
+
+    bench: str = "query"
+    text: ScenarioStats | None
+    text_uncached: ScenarioStats | None
+    image: ScenarioStats | None
+    similar: ScenarioStats | None
+    text_rerank: ScenarioStats | None
+    text_rerank_note: str | None
+    model: str
+    n: int
+    vectors: int | None
+    concurrency: int
+    duration_s: float
+    warmup_s: float
+    k: int
+    server_threads: int
+    driver: str = DRIVER
+    index_dir: str
+    machine: dict[str, Any] = field(default_factory=machine_info)
+    created_at: str = field(default_factory=utc_now)
+
+
+# --- query traffic ---------------------------------------------------------------------------
+
+
+def query_stream(seed: int) -> Iterator[str]:
+    """Distinct shopper queries from the generated world's vocabulary, each string once."""
+    from sampledata import texts, world
+
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    while True:
+        text = texts.shopper_text(world.random_spec(rng), rng, texts.QUERY_MIX)
+        if text not in seen:
+            seen.add(text)
+            yield text
+
+
+class ZipfQueries:
+    """Sample queries by Zipf popularity over a pool of distinct strings (head queries repeat)."""
+
+    def __init__(self, pool: list[str], exponent: float, seed: int) -> None:
+        self.pool = pool
+        weights = 1.0 / np.arange(1, len(pool) + 1) ** exponent
+        self.cdf = np.cumsum(weights / weights.sum())
+        self.rng = np.random.default_rng(seed)
+        self.sent: set[str] = set()
+        self.requests = 0
+        self.repeats = 0
+
+    def __call__(self) -> str:
+        index = min(int(np.searchsorted(self.cdf, self.rng.random())), len(self.pool) - 1)
+        text = self.pool[index]
+        self.requests += 1
+        if text in self.sent:
+            self.repeats += 1
+        self.sent.add(text)
+        return text
+
+
+@dataclass
+class Scenario:
+    name: str
+    request: Callable[[Any], Any]  # async (client) -> response
+    detail: dict[str, Any]
+
+
+# --- the server ------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def catalens_command() -> list[str]:
+    """How to run `catalens`: the console script installed beside this interpreter, else the cli package."""
+    script = Path(sys.executable).with_name("catalens")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "cli.main"]
+
+
+@contextlib.contextmanager
+def serve_subprocess(settings: Settings, index_dir: Path, *, threads: int, log_path: Path,
+                     timeout: float) -> Iterator[str]:
+    """`catalens serve` as a real process (its own interpreter); yields its URL once /readyz is 200."""
+    import httpx
+
+    port = _free_port()
+    cmd = [*catalens_command(), "serve", "--host", "127.0.0.1", "--port", str(port), "--index-dir", str(index_dir),
+           "--model", settings.model, "--threads", str(threads), "--device", settings.device]
+    if settings.pretrained:
+        cmd += ["--pretrained", settings.pretrained]
+    env = {**os.environ, "CATALENS_THREADS": str(threads)}
+    with open(log_path, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                tail = log_path.read_text()[-800:].strip().splitlines()
+                raise BenchError(f"catalens serve exited with {proc.returncode}: {tail[-1] if tail else ''} "
+                                 f"(log: {log_path})")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise BenchError(f"catalens serve was not ready after {timeout}s (log: {log_path})")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def ensure_query_index(settings: Settings, catalog: Path, *, n: int, seed: int, rebuild: bool = False,
+                       log: Log = quiet) -> Path:
+    """An index of the bench catalog for this model, built once under the bench dir and reused."""
+    from catalens import artifacts
+    from indexer.builder import BuildOptions, build_index
+
+    index_dir = settings.bench_cache() / f"query-index-{model_slug(settings.model)}-n{n}-s{seed}"
+    encoder = load_encoder(settings)
+    try:
+        manifest = artifacts.read_manifest(artifacts.active_version_path(index_dir))
+        if manifest.model_id == encoder.model_id and not rebuild:
+            log(f"reusing index {index_dir} ({manifest.count} vectors, {manifest.factory})")
+            return index_dir
+    except CatalensError:
+        pass
+    shutil.rmtree(index_dir, ignore_errors=True)
+    log(f"building the index of {n} products in {index_dir}")
+    t0 = time.perf_counter()
+    summary = build_index(settings.model_copy(update={"index_dir": index_dir}),
+                          BuildOptions(catalog=catalog, progress=False), encoder=encoder)
+    log(f"built {summary.vectors} vectors ({summary.factory}) in {time.perf_counter() - t0:.1f}s")
+    return index_dir
+
+
+# --- one scenario ----------------------------------------------------------------------------
+
+
+def _stage_totals(metrics_text: str) -> dict[str, tuple[float, float]]:
+    """(sum seconds, count) per query stage from the server's Prometheus text."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, list[float]] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != "catalens_stage_seconds":
+            continue
+        for sample in family.samples:
+            stage = sample.labels.get("stage", "?")
+            if sample.name.endswith("_sum"):
+                out.setdefault(stage, [0.0, 0.0])[0] = sample.value
+            elif sample.name.endswith("_count"):
+                out.setdefault(stage, [0.0, 0.0])[1] = sample.value
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+async def _run_scenario(url: str, scenario: Scenario, *, concurrency: int, duration: float,
+                        warmup: float, on_measure: Callable[[], None] = lambda: None) -> ScenarioStats:
+    """C closed-loop clients for `duration` seconds after `warmup` seconds; latency per request."""
+    import asyncio
+
+    import httpx
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+        before = _stage_totals((await client.get("/metrics")).text)
+        latencies: list[float] = []
+        errors: dict[str, int] = {}
+        phase = {"measure": False}
+
+        async def worker(stop_at: float) -> None:
+            while time.perf_counter() < stop_at:
+                t0 = time.perf_counter()
+                try:
+                    resp = await scenario.request(client)
+                    failed = None if resp.status_code == 200 else f"HTTP {resp.status_code}"
+                except httpx.HTTPError as exc:
+                    failed = type(exc).__name__
+                elapsed = time.perf_counter() - t0
+                if not phase["measure"]:
+                    continue
+                if failed:
+                    errors[failed] = errors.get(failed, 0) + 1
+                else:
+                    latencies.append(elapsed)
+
+        if warmup > 0:
+            stop = time.perf_counter() + warmup
+            await asyncio.gather(*(worker(stop) for _ in range(concurrency)))
+            before = _stage_totals((await client.get("/metrics")).text)
+        phase["measure"] = True
+        on_measure()
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(start + duration) for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+        after = _stage_totals((await client.get("/metrics")).text)
+    lat = np.array(latencies) * 1000
+    n_err = sum(errors.values())
+    stages = {}
+    for stage, (total, count) in after.items():
+        b_total, b_count = before.get(stage, (0.0, 0.0))
+        if count > b_count:
+            stages[stage] = round((total - b_total) / (count - b_count) * 1000, 3)
+
+    def pct(q: float) -> float | None:
+        return round(float(np.percentile(lat, q)), 2) if len(lat) else None
+
+    return {
+        "qps": round(len(lat) / wall, 2),
+        "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
+        "mean_ms": round(float(lat.mean()), 2) if len(lat) else None,
+        "max_ms": round(float(lat.max()), 2) if len(lat) else None,
+        "errors": n_err,
+        "error_kinds": errors,
+        "requests": len(lat) + n_err,
+        "seconds": round(wall, 2),
+        "server_stage_mean_ms": stages,
+        **scenario.detail,
+    }
+
+
+# --- the benchmark ---------------------------------------------------------------------------
+
+
+def measure_query(settings: Settings, *, n: int, seed: int = CATALOG_SEED, concurrency: int = 4,
+                  duration: float = 10.0, warmup: float = 2.0, k: int = 10, server_threads: int | None = None,
+                  query_pool: int = 20_000, zipf_exponent: float = 1.0, rebuild: bool = False,
+                  server_timeout: float = 180.0, render_workers: int | None = None,
+                  log: Log = quiet) -> QueryBench:
+    """Every scenario for `duration` seconds against a `catalens serve` of an n-product generated catalog."""
+    import asyncio
+
+    import httpx
+
+    settings = with_random_weights(settings, log)
+    threads = settings.torch_threads()
+    server_threads = server_threads or threads
+    set_threads(threads)
+    catalog = ensure_catalog(settings, n=n, seed=seed, render_workers=render_workers, log=log)
+    index_dir = ensure_query_index(settings, catalog, n=n, seed=seed, rebuild=rebuild, log=log)
+    with open(catalog, newline="") as fh:
+        product_ids = [row["product_id"] for row in csv.DictReader(fh)]
+    image_bytes = [p.read_bytes() for p in sorted((catalog.parent / "queries").glob("image-*.jpg"))]
+    stream = query_stream(seed + 17)
+    pool = [next(stream) for _ in range(query_pool)]
+    zipf = ZipfQueries(pool, zipf_exponent, seed=seed)
+    rng = random.Random(seed)
+
+    async def text_request(client):  # type: ignore[no-untyped-def]
+        return await client.post("/v1/search/text", json={"query": zipf(), "k": k})
+
+    async def text_unique_request(client):  # type: ignore[no-untyped-def]
+        while True:  # a string never sent before: every request misses the server's embedding cache
+            text = next(stream)
+            if text not in zipf.sent:
+                break
+        return await client.post("/v1/search/text", json={"query": text, "k": k})
+
+    async def rerank_request(client):  # type: ignore[no-untyped-def]
+        return await client.post("/v1/search/text", json={"query": zipf(), "k": k, "rerank": True})
+
+    async def image_request(client):  # type: ignore[no-untyped-def]
+        data = image_bytes[rng.randrange(len(image_bytes))]
+        return await client.post("/v1/search/image", files={"file": ("query.jpg", data, "image/jpeg")},
+                                 data={"k": str(k)})
+
+    async def similar_request(client):  # type: ignore[no-untyped-def]
+        return await client.get(f"/v1/products/{product_ids[rng.randrange(len(product_ids))]}/similar",
+                                params={"k": k})
+
+    results: dict[str, ScenarioStats | None] = dict.fromkeys(SCENARIOS)
+    log_path = settings.bench_cache() / f"serve-{model_slug(settings.model)}-n{n}.log"
+    log(f"starting `catalens serve` ({server_threads} torch threads); log in {log_path}")
+    with serve_subprocess(settings, index_dir, threads=server_threads, log_path=log_path,
+                          timeout=server_timeout) as url:
+        ready = httpx.get(f"{url}/readyz", timeout=5).json()
+        probe = httpx.post(f"{url}/v1/search/text", json={"query": "red mug", "k": 1, "rerank": True}, timeout=30)
+        rerank_available = probe.status_code == 200
+        scenarios = [
+            Scenario("text", text_request, {}),
+            Scenario("text_uncached", text_unique_request, {"query_mix": "every query distinct (cache misses)"}),
+            Scenario("image", image_request, {"query_pool": len(image_bytes)}),
+            Scenario("similar", similar_request, {"query_pool": len(product_ids)}),
+        ]
+        if rerank_available:
+            scenarios.append(Scenario("text_rerank", rerank_request, {}))
+        for scenario in scenarios:
+            if scenario.name == "image" and not image_bytes:
+                continue
+            log(f"{scenario.name}: {concurrency} clients for {duration}s")
+            before = [zipf.requests, zipf.repeats]
+
+            def mark(before: list[int] = before) -> None:
+                before[:] = [zipf.requests, zipf.repeats]
+
+            stats = asyncio.run(_run_scenario(url, scenario, concurrency=concurrency, duration=duration,
+                                              warmup=warmup, on_measure=mark))
+            if scenario.name == "text":
+                # Over the measured window only; the warm-up's queries count as history (already cached).
+                sent, repeats = zipf.requests - before[0], zipf.repeats - before[1]
+                stats["query_mix"] = {
+                    "pool_distinct": len(pool), "zipf_exponent": zipf_exponent, "requests_sent": sent,
+                    "distinct_sent": len(zipf.sent),
+                    "repeat_share": round(repeats / max(1, sent), 3),
+                    "note": "repeat_share ~ the server's text-embedding cache hit rate "
+                            f"(LRU of {settings.text_cache_size} entries per process)",
+                }
+            results[scenario.name] = stats
+    return QueryBench(
+        text=results["text"],
+        text_uncached=results["text_uncached"],
+        image=results["image"],
+        similar=results["similar"],
+        text_rerank=results["text_rerank"],
+        text_rerank_note=None if rerank_available else
+        f"absent: the server answers rerank=true with HTTP {probe.status_code} (CATALENS_RERANKER=none?)",
+        model=settings.model,
+        n=n,
+        vectors=ready.get("vectors"),
+        concurrency=concurrency,
+        duration_s=duration,
+        warmup_s=warmup,
+        k=k,
+        server_threads=server_threads,
+        index_dir=str(index_dir),
+    )

@@ -1,0 +1,1 @@
+"""The `catalens` command: the composition root that wires every package's subcommands."""

@@ -1,0 +1,182 @@
+"""`catalens index ...`: build, rebuild, upsert, delete, versions, rollback, errors, duplicates."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from catalens.commandline import Subcommands, add_common_flags, emit
+from catalens.config import Settings
+from catalens.errors import CatalensError
+
+
+def _build(args: argparse.Namespace, settings: Settings, *, full: bool) -> int:
+    from indexer.builder import BuildOptions, build_index
+
+    catalog = args.catalog or _last_catalog(settings)
+    options = BuildOptions(catalog=catalog, images_root=args.images_root, strict=args.strict,
+                           factory=args.faiss_factory, full=full, progress=not args.quiet, keep=args.keep,
+                           caption=args.caption)
+    summary = build_index(settings, options)
+    text = (f"index version {summary.version_id} is active: read {summary.read} rows, indexed "
+            f"{summary.indexed}, skipped {summary.skipped}, deleted {summary.deleted}; images ok "
+            f"{summary.images_ok}, failed {summary.images_failed}; embedded {summary.embedded}, "
+            f"from cache {summary.cached}; texts embedded {summary.texts_embedded}, from cache "
+            f"{summary.texts_cached}; {summary.vectors} vectors ({summary.factory}) in {summary.seconds}s")
+    if summary.errors_hint:
+        text += f"\nerrors were recorded; list them with: {summary.errors_hint}"
+        for line in summary.error_lines[:5]:
+            text += f"\n  {line}"
+    emit(args, summary.as_dict(), text)
+    return 0
+
+
+def _last_catalog(settings: Settings) -> Path:
+    from catalens import artifacts
+
+    versions = artifacts.list_versions(settings.index_dir)
+    if not versions:
+        raise CatalensError(f"no --catalog given and no earlier build in {settings.index_dir} to take it from")
+    return Path(versions[-1].catalog)
+
+
+def cmd_index_build(args: argparse.Namespace, settings: Settings) -> int:
+    return _build(args, settings, full=True)
+
+
+def cmd_index_upsert(args: argparse.Namespace, settings: Settings) -> int:
+    return _build(args, settings, full=False)
+
+
+def cmd_index_delete(args: argparse.Namespace, settings: Settings) -> int:
+    from indexer.maintenance import delete_products
+
+    ids = list(args.ids or [])
+    if args.ids_file:
+        ids += [line.strip() for line in args.ids_file.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise CatalensError("give product ids with --ids or --ids-file")
+    result = delete_products(settings, ids)
+    emit(args, result, f"deleted {result['deleted']} products ({result['missing']} not found); "
+                       f"index version {result['version_id']} is active")
+    return 0
+
+
+def cmd_index_versions(args: argparse.Namespace, settings: Settings) -> int:
+    from catalens import artifacts
+
+    active = artifacts.read_active(settings.index_dir)
+    rows = [{"version_id": m.version_id, "active": m.version_id == active, "count": m.count,
+             "model": m.model_id, "factory": m.factory, "created_at": m.created_at}
+            for m in artifacts.list_versions(settings.index_dir)]
+    lines = [f"{'*' if r['active'] else ' '} {r['version_id']}  {r['count']:>8} vectors  {r['factory']:<10} "
+             f"{r['model']}  {r['created_at']}" for r in rows]
+    emit(args, rows, "\n".join(lines) or f"no index versions in {settings.index_dir}")
+    return 0
+
+
+def cmd_index_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    from catalens import artifacts
+
+    versions = [m.version_id for m in artifacts.list_versions(settings.index_dir)]
+    active = artifacts.read_active(settings.index_dir)
+    target = args.version
+    if target is None:
+        older = [v for v in versions if active is None or v < active]
+        if not older:
+            raise CatalensError(f"no version older than {active} to roll back to")
+        target = older[-1]
+    artifacts.set_active(settings.index_dir, target)
+    emit(args, {"active": target, "previous": active}, f"active index version is now {target} (was {active})")
+    return 0
+
+
+def cmd_index_errors(args: argparse.Namespace, settings: Settings) -> int:
+    from sqlalchemy import select
+
+    from catalens.db import open_database
+    from catalens.schema import IngestError
+
+    engine, sessions = open_database(settings.db_url)
+    try:
+        with sessions() as session:
+            query = select(IngestError).order_by(IngestError.id)
+            if args.version:
+                query = query.where(IngestError.version_id == args.version)
+            rows = session.scalars(query.limit(args.limit)).all()
+    finally:
+        engine.dispose()
+    data = [{"version_id": e.version_id, "source": e.source_file, "row": e.row, "product_id": e.product_id,
+             "field": e.field, "code": e.code, "message": e.message} for e in rows]
+    lines = [f"{d['source']}" + (f": row {d['row']}" if d["row"] else "")
+             + (f" [{d['product_id']}]" if d["product_id"] else "")
+             + (f", field {d['field']}" if d["field"] else "") + f": {d['code']}: {d['message']}" for d in data]
+    emit(args, data, "\n".join(lines) or "no ingest errors recorded")
+    return 0
+
+
+def cmd_index_duplicates(args: argparse.Namespace, settings: Settings) -> int:
+    from dataclasses import asdict
+
+    from indexer.maintenance import find_duplicates
+
+    groups = find_duplicates(settings, threshold=args.threshold)
+    lines = [f"{len(g.product_ids):>3} products  {g.match:<14} min score {g.min_score:.4f}  "
+             + " ".join(g.product_ids) for g in groups]
+    emit(args, [asdict(g) for g in groups],
+         "\n".join(lines) or f"no duplicate images at cosine >= {args.threshold}")
+    return 0
+
+
+def _build_flags(p: argparse.ArgumentParser, *, catalog_required: bool) -> None:
+    p.add_argument("--catalog", type=Path, required=catalog_required, help="CSV, JSONL or Parquet file")
+    p.add_argument("--images-root", type=Path, default=None,
+                   help="base folder for relative image paths (default: the catalog's folder)")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad row instead of skipping it")
+    p.add_argument("--faiss-factory", default=None, help="FAISS factory string (default: by size)")
+    p.add_argument("--keep", type=int, default=3, help="index versions to keep")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--caption", action="store_true",
+                   help="store a generated caption per image (needs a reranker that can caption, e.g. coca:...)")
+    p.add_argument("--no-rerank-features", dest="rerank_features", action="store_false", default=None,
+                   help="do not store reranker image features (smaller index; reranking then decodes images)")
+
+
+def register(sub: Subcommands) -> None:
+    """Add `catalens index ACTION`."""
+    index = sub.add_parser("index", help="build and maintain the index").add_subparsers(
+        dest="index_command", required=True, metavar="ACTION")
+    p = index.add_parser("build", help="build a new index version from a catalog and make it active")
+    _build_flags(p, catalog_required=True)
+    add_common_flags(p, model=True)
+    p.set_defaults(handler=cmd_index_build)
+    p = index.add_parser("rebuild", help="full offline rebuild into a new version, then an atomic swap")
+    _build_flags(p, catalog_required=False)
+    add_common_flags(p, model=True)
+    p.set_defaults(handler=cmd_index_build)
+    p = index.add_parser("upsert", help="add new and update changed products (only changes are embedded)")
+    _build_flags(p, catalog_required=True)
+    add_common_flags(p, model=True)
+    p.set_defaults(handler=cmd_index_upsert)
+    p = index.add_parser("delete", help="remove products from the index")
+    p.add_argument("--ids", nargs="+", help="product ids")
+    p.add_argument("--ids-file", type=Path, help="file with one product id per line")
+    add_common_flags(p, model=True)
+    p.set_defaults(handler=cmd_index_delete)
+    p = index.add_parser("versions", help="list index versions (* = active)")
+    add_common_flags(p)
+    p.set_defaults(handler=cmd_index_versions)
+    p = index.add_parser("rollback", help="make an earlier version active (default: the one before)")
+    p.add_argument("version", nargs="?")
+    add_common_flags(p)
+    p.set_defaults(handler=cmd_index_rollback)
+    p = index.add_parser("errors", help="list rows and images that could not be ingested")
+    p.add_argument("--version", default=None, help="only this build's errors")
+    p.add_argument("--limit", type=int, default=1000)
+    add_common_flags(p)
+    p.set_defaults(handler=cmd_index_errors)
+    p = index.add_parser("duplicates", help="group products whose images are identical or near-identical")
+    p.add_argument("--threshold", type=float, default=0.98,
+                   help="cosine similarity at or above which two images count as near-identical")
+    add_common_flags(p)
+    p.set_defaults(handler=cmd_index_duplicates)

@@ -1,0 +1,111 @@
+"""`catalens search text|image` and `catalens eval`: queries from the command line."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from catalens.commandline import Subcommands, add_common_flags, emit
+from catalens.config import Settings
+from catalens.errors import InvalidInputError
+from retrieval.searcher import Filters, Searcher, SearchOutcome
+
+
+def _loaded_searcher(settings: Settings) -> Searcher:
+    from retrieval.app import create_searcher
+
+    searcher = create_searcher(settings)
+    searcher.reload()
+    return searcher
+
+
+def _print_results(args: argparse.Namespace, outcome: SearchOutcome) -> None:
+    from retrieval.schemas import result_from_hit
+
+    results = [result_from_hit(h).model_dump() for h in outcome.hits]
+    lines = [f"{i + 1:>3}. {r['score']:.4f}  {r['product_id']}  {r['title']}"
+             f"  [{r['category'] or '-'} | {r['brand'] or '-'} | {r['price'] if r['price'] is not None else '-'}]"
+             for i, r in enumerate(results)]
+    emit(args, {"results": results, "index_version": outcome.index_version, "reranked": outcome.reranked},
+         "\n".join(lines) or "no results")
+
+
+def _filters(args: argparse.Namespace) -> Filters:
+    return Filters(tuple(args.category or ()), tuple(args.brand or ()), args.price_min, args.price_max)
+
+
+def cmd_search_text(args: argparse.Namespace, settings: Settings) -> int:
+    from pydantic import ValidationError
+
+    from retrieval.schemas import TextSearchIn
+
+    try:
+        query = TextSearchIn(query=args.query, k=args.k).query
+    except ValidationError as exc:
+        raise InvalidInputError(f"invalid query: {exc.errors()[0]['msg']}") from exc
+    _print_results(args, _loaded_searcher(settings).search_text(query, args.k, _filters(args),
+                                                                rerank=args.rerank, rerank_top_n=args.rerank_top_n))
+    return 0
+
+
+def cmd_search_image(args: argparse.Namespace, settings: Settings) -> int:
+    from catalens.images import decode_image, read_local_file
+
+    data = read_local_file(args.path, max_bytes=settings.max_upload_bytes)
+    image = decode_image(data, max_pixels=settings.max_image_pixels, max_aspect=settings.max_aspect_ratio)
+    _print_results(args, _loaded_searcher(settings).search_image(image, args.k, _filters(args), rerank=args.rerank,
+                                                                 rerank_top_n=args.rerank_top_n))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
+    from retrieval.evaluation import evaluate_queries
+
+    report = evaluate_queries(_loaded_searcher(settings), args.queries, k=10, rerank=args.rerank,
+                              progress=not args.json)
+    lines = [f"{name:<11} n={m['n']:<4} R@1 {m['recall@1']:.3f}  R@5 {m['recall@5']:.3f}  "
+             f"R@10 {m['recall@10']:.3f}  MRR {m['mrr']:.3f}  nDCG@10 {m['ndcg@10']:.3f}"
+             for name, m in report.items()]
+    emit(args, report, "\n".join(lines))
+    return 0
+
+
+def _top_n(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"{value} is not in 1..100")
+    return value
+
+
+def _filter_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-k", type=int, default=10, help="results to return (1..100)")
+    p.add_argument("--category", action="append", help="keep only this category (repeatable)")
+    p.add_argument("--brand", action="append", help="keep only this brand (repeatable)")
+    p.add_argument("--price-min", type=float, default=None)
+    p.add_argument("--price-max", type=float, default=None)
+    p.add_argument("--rerank", action="store_true", help="reorder the top candidates with the reranker")
+    p.add_argument("--rerank-top-n", type=_top_n, default=None, metavar="N",
+                   help="candidates the reranker reads (1..100, default 20)")
+
+
+def register(sub: Subcommands) -> None:
+    """Add `catalens search KIND` and `catalens eval`."""
+    search = sub.add_parser("search", help="query the active index").add_subparsers(
+        dest="search_command", required=True, metavar="KIND")
+    p = search.add_parser("text", help="text-to-image product search")
+    p.add_argument("query")
+    _filter_flags(p)
+    add_common_flags(p, model=True)
+    p.set_defaults(handler=cmd_search_text)
+    p = search.add_parser("image", help="find products that look like an image file")
+    p.add_argument("path", type=Path)
+    _filter_flags(p)
+    add_common_flags(p, model=True)
+    p.set_defaults(handler=cmd_search_image)
+
+    p = sub.add_parser("eval", help="retrieval quality on labelled queries (queries.jsonl)")
+    p.add_argument("--queries", type=Path, required=True)
+    p.add_argument("--rerank", action="store_true",
+                   help="also report every query set reranked (as '<set>+rerank'), with the configured reranker")
+    add_common_flags(p, model=True)
+    p.set_defaults(handler=cmd_eval)

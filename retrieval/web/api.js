@@ -1,0 +1,69 @@
+// The /v1 API: fetch wrappers. Every error answer is {"error": {"code", "message"}}; it
+// becomes an ApiError carrying that code, which is what the page keys its messages on.
+
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.name = "ApiError";
+    this.status = status; // 0: no HTTP answer at all
+    this.code = code;
+  }
+}
+
+const JSON_ACCEPT = { Accept: "application/json" };
+
+// JSON in, JSON out. An AbortError passes through untouched (a newer search replaced this one).
+async function call(path, init = {}) {
+  let response;
+  try {
+    response = await fetch(path, { ...init, headers: { ...JSON_ACCEPT, ...(init.headers || {}) } });
+  } catch (err) {
+    if (err.name === "AbortError") throw err;
+    throw new ApiError(0, "network_error", "");
+  }
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    body = null; // a proxy's HTML error page, or an empty body
+  }
+  if (!response.ok) {
+    const e = (body && body.error) || {};
+    throw new ApiError(response.status, e.code || `http_${response.status}`, e.message || response.statusText);
+  }
+  return body;
+}
+
+export const getConfig = () => call("/v1/config");
+
+export const getFacets = () => call("/v1/facets");
+
+export const getProduct = (productId) => call(`/v1/products/${encodeURIComponent(productId)}`);
+
+// {query, k, filters, rerank} -> SearchOut
+export function searchText({ text, k, filters, rerank }, signal) {
+  return call("/v1/search/text", {
+    method: "POST",
+    signal,
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ query: text, k, filters, rerank }),
+  });
+}
+
+export function searchImage({ file, k, filters, rerank }, signal) {
+  const form = new FormData();
+  form.append("file", file, file.name || "pasted-image");
+  form.append("k", String(k));
+  form.append("filters", JSON.stringify(filters));
+  form.append("rerank", String(rerank));
+  return call("/v1/search/image", { method: "POST", signal, body: form });
+}
+
+export function searchSimilar({ productId, k, filters }, signal) {
+  const params = new URLSearchParams({ k: String(k) });
+  for (const c of filters.category || []) params.append("category", c);
+  for (const b of filters.brand || []) params.append("brand", b);
+  if (filters.price_min !== undefined) params.set("price_min", String(filters.price_min));
+  if (filters.price_max !== undefined) params.set("price_max", String(filters.price_max));
+  return call(`/v1/products/${encodeURIComponent(productId)}/similar?${params}`, { signal });
+}
