@@ -73,6 +73,7 @@ class FaissIndex:
     GATHER_CHUNK = 65_536
     HNSW_MIN_SELECTIVITY = 0.05
     HNSW_EF_RETRIES = 1
+    IVF_CANDIDATES = 20
     BATCH_SELECTOR_RATIO = 64
 
     @staticmethod
@@ -244,11 +245,13 @@ class FaissIndex:
 
     def _ivf_search(self, inner, queries: np.ndarray, k: int, rows: np.ndarray,  # type: ignore[no-untyped-def]
                     sel) -> tuple[np.ndarray, np.ndarray]:
-        """Probe the nearest lists until they include the index's nprobe lists holding allowed vectors and k of them.
+        """Probe the nearest lists until they hold allowed vectors in nprobe lists and IVF_CANDIDATES x k of them.
 
-        Unfiltered, nprobe lists are searched; filtered, lists without an allowed vector
-        add nothing (their codes cost one selector test each), so the probe goes as deep in
-        the allowed subset as an unfiltered search goes in the whole index, and never short.
+        Unfiltered, nprobe lists are searched; filtered, lists without an allowed vector add
+        nothing (their codes cost one selector test each). So the probe goes on until nprobe
+        lists with allowed vectors are in, as deep in the allowed subset as an unfiltered
+        search goes in the whole index, and until they hold IVF_CANDIDATES allowed vectors
+        per result (all of them, if fewer: then the search is exact), never short.
         """
         faiss = FaissIndex._faiss()
 
@@ -257,7 +260,8 @@ class FaissIndex:
         _, order = inner.quantizer.search(queries, nlist)  # every list, nearest first
         held = per_list[np.maximum(order, 0)] * (order >= 0)
         enough_lists = min(max(1, int(inner.nprobe)), int((per_list > 0).sum()))
-        deep_enough = (np.cumsum(held > 0, axis=1) >= enough_lists) & (np.cumsum(held, axis=1) >= k)
+        enough_rows = min(len(rows), self.IVF_CANDIDATES * k)
+        deep_enough = (np.cumsum(held > 0, axis=1) >= enough_lists) & (np.cumsum(held, axis=1) >= enough_rows)
         nprobe = int(np.where(deep_enough.any(axis=1), deep_enough.argmax(axis=1) + 1, nlist).max())
         while True:
             scores, found = inner.search(queries, k, params=faiss.SearchParametersIVF(sel=sel, nprobe=nprobe))

@@ -6,13 +6,17 @@ import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from catalens.config import DEFAULT_MODEL, Settings
 
 Handler = Callable[[argparse.Namespace, Settings], int]
-# argparse keeps _SubParsersAction private; this alias is what `register(sub)` functions take.
-Subcommands = argparse._SubParsersAction  # type: ignore[type-arg]  # generic only in typeshed
+# argparse keeps _SubParsersAction private (and generic only in typeshed); this alias is what
+# every package's `register(sub)` takes.
+if TYPE_CHECKING:
+    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
+else:
+    Subcommands = argparse._SubParsersAction
 
 SETTING_FLAGS = ("index_dir", "model", "pretrained", "device", "batch_size", "threads", "database_url",
                  "reranker", "rerank_features")

@@ -73,8 +73,10 @@ def load_clip(spec: ModelSpec, *, device: str = "auto", allow_random: bool = Fal
         elif model_path.is_dir() and (model_path / "open_clip_config.json").is_file():
             name = f"local-dir:{model_path}"
             model = open_clip.create_model(name, device=device)
-            weights = next(iter(sorted(model_path.glob("*.safetensors")) + sorted(model_path.glob("*.bin"))), None)
-        elif model_path.is_dir() and (name := register_model_dir(model_path)):
+            found = sorted(model_path.glob("*.safetensors")) + sorted(model_path.glob("*.bin"))
+            weights = str(found[0]) if found else None
+        elif model_path.is_dir() and (registered := register_model_dir(model_path)):
+            name = registered
             weights = str(model_path / WEIGHTS_FILE)
             model = open_clip.create_model(name, pretrained=weights, device=device)
         else:

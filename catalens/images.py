@@ -86,8 +86,7 @@ def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None,
             if draft_size and img.format in ("JPEG", "MPO"):
                 img.draft("RGB", (draft_size, draft_size))
             img.load()
-            img = ImageOps.exif_transpose(img) or img
-            return _to_rgb(img)
+            return _to_rgb(ImageOps.exif_transpose(img) or img)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise PayloadTooLargeError(f"image rejected as a decompression bomb: {exc}") from exc
     except UnidentifiedImageError as exc:
@@ -228,7 +227,8 @@ def _require_size(size: int, max_bytes: int) -> None:
 
 def _read_capped(fd: int, max_bytes: int) -> bytes:
     """Read to EOF but never more than max_bytes + 1: a file that grows while read is still capped."""
-    chunks, total = [], 0
+    chunks: list[bytes] = []
+    total = 0
     while total <= max_bytes:
         chunk = os.read(fd, min(1 << 20, max_bytes + 1 - total))
         if not chunk:

@@ -103,9 +103,13 @@ class ItmHead(nn.Module):
 
     def image_tokens(self, pixels: torch.Tensor, clip_tokens: torch.Tensor | None) -> torch.Tensor:
         """The conv grid of `pixels`, followed by the projected CLIP ViT tokens for "conv+clip"."""
+        if self.encoder is None:
+            raise ValueError("this head reads the CLIP's tokens only: it has no conv grid of its own")
         grid = self.encoder(pixels)
         if self.clip_token is None:
             return grid
+        if clip_tokens is None:
+            raise ValueError("a conv+clip head needs the CLIP's ViT tokens of these pixels")
         return torch.cat([grid, self.clip_token(clip_tokens.to(grid.dtype))], dim=1)
 
     def forward(self, text: torch.Tensor, pad: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -160,7 +164,11 @@ def itm_image_features(clip_model: Any, head: ItmHead, pixels: torch.Tensor,
     """
     if clip_tokens is None and reads_clip_tokens(head):
         clip_tokens = clip_image_tokens(clip_model, pixels, head.config.token_layer)
-    return clip_tokens if head.encoder is None else head.image_tokens(pixels, clip_tokens)
+    if head.encoder is not None:
+        return head.image_tokens(pixels, clip_tokens)
+    if clip_tokens is None:
+        raise ValueError("a CLIP-token head needs the CLIP's ViT tokens")
+    return clip_tokens
 
 
 def reads_clip_tokens(head: ItmHead) -> bool:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from catalens.errors import CatalogError
+from catalens.validation import attribute_problem, product_id_problem
 
 KNOWN_FIELDS = ("product_id", "title", "description", "image", "category", "brand", "price", "currency")
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
@@ -98,7 +99,7 @@ def _csv_records(path: Path) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
-            _require_columns(path, reader.fieldnames or [])
+            _require_columns(path, list(reader.fieldnames or []))
             for row, record in enumerate(reader, start=1):
                 if None in record:
                     yield row, RowError(str(path), row, None, "more values than header columns")
@@ -181,9 +182,12 @@ def parse_record(record: dict[str, Any], *, row: int, source: str) -> CatalogRow
 
     if _blank(pid):
         return error("product_id", "required value is empty")
-    pid = str(pid).strip() if not isinstance(pid, float) else str(int(pid)) if pid.is_integer() else str(pid)
+    pid = str(pid) if not isinstance(pid, float) else str(int(pid)) if pid.is_integer() else str(pid)
     if len(pid) > 256:
         return error("product_id", "longer than 256 characters")
+    problem = product_id_problem(pid)
+    if problem:
+        return error("product_id", f"{problem}: {pid!r}")
     title = record.get("title")
     if _blank(title):
         return error("title", "required value is empty")
@@ -192,7 +196,7 @@ def parse_record(record: dict[str, Any], *, row: int, source: str) -> CatalogRow
         price = None
     else:
         try:
-            price = float(price)
+            price = float(price)  # type: ignore[arg-type]  # any cell value; float() says if it is a number
         except (TypeError, ValueError):
             return error("price", f"not a number: {price!r}")
         if not math.isfinite(price) or price < 0:
@@ -202,6 +206,10 @@ def parse_record(record: dict[str, Any], *, row: int, source: str) -> CatalogRow
     except (ValueError, json.JSONDecodeError) as exc:
         return error("image", f"cannot parse image list: {exc}")
     attributes = {k: v for k, v in record.items() if k not in KNOWN_FIELDS and not _blank(v)}
+    for name, value in attributes.items():
+        problem = attribute_problem(value)
+        if problem:
+            return error(name, problem)
     try:
         json.dumps(attributes)
     except TypeError:

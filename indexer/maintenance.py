@@ -215,7 +215,7 @@ def find_duplicates(settings: Settings, *, threshold: float = 0.98, k: int = 32)
     _, index, _ = artifacts.load_version(artifacts.active_version_path(settings.index_dir))
     engine, sessions = open_database(settings.db_url)
     try:
-        with sessions() as session:  # type: ignore[operator]
+        with sessions() as session:
             rows = session.execute(
                 select(ProductImage.id, ProductImage.content_hash, Product.id, Product.product_id)
                 .join(Product).where(Product.deleted.is_(False), ProductImage.status == "ok")
@@ -258,12 +258,13 @@ def find_duplicates(settings: Settings, *, threshold: float = 0.98, k: int = 32)
         members.setdefault(groups.find(pk), []).append(pk)
     out = []
     for root, pks in members.items():
-        links = [{"products": sorted((names[a], names[b])), "score": round(score, 4), "identical": ident}
-                 for (a, b), (score, ident) in sorted(edges.items()) if groups.find(a) == root]
-        identical = all(link["identical"] for link in links)
+        edges_here = [(a, b, score, ident) for (a, b), (score, ident) in sorted(edges.items())
+                      if groups.find(a) == root]
+        links: list[dict[str, Any]] = [{"products": sorted((names[a], names[b])), "score": round(score, 4),
+                                        "identical": ident} for a, b, score, ident in edges_here]
         out.append(DuplicateGroup(product_ids=sorted(names[pk] for pk in pks),
-                                  match="identical" if identical else "near-identical",
-                                  min_score=min(link["score"] for link in links), links=links))
+                                  match="identical" if all(e[3] for e in edges_here) else "near-identical",
+                                  min_score=min(round(e[2], 4) for e in edges_here), links=links))
     out.sort(key=lambda g: (-len(g.product_ids), g.product_ids))
     return out
 

@@ -219,7 +219,7 @@ def server_http_protocol() -> type | str:
     if not callable(getattr(Base, "send_400_response", None)):
         return "auto"
 
-    class DocumentedErrorProtocol(Base):  # type: ignore[misc, valid-type]
+    class DocumentedErrorProtocol(Base):
         def send_400_response(self, msg: str) -> None:
             body = error_body("bad_request", "malformed HTTP request: a bad request line or header "
                                              "(for example Content-Length)")

@@ -210,6 +210,8 @@ class Searcher:
         for hit in outcome.hits:
             hit.first_stage_score = hit.score
         budget = self.settings.rerank_budget_ms / 1000
+        if self.reranker is None:  # callers check; kept so the worker never sees None
+            return outcome
         future = self._rerank_pool.submit(self._rerank_scores, self.reranker, snap, query, outcome.hits)
         try:
             scores = future.result(timeout=budget)

@@ -80,3 +80,24 @@ def test_missing_catalog_file(tmp_path: Path) -> None:
 ])
 def test_image_cells(cell, expected) -> None:  # type: ignore[no-untyped-def]
     assert parse_images(cell) == expected
+
+
+@pytest.mark.parametrize("pid,reason", [("a/b", "'/'"), ("P\x001", "control"), (" P1", "whitespace"),
+                                        ("P1\u200b", "invisible")])
+def test_product_ids_that_could_not_be_fetched_back_are_row_errors(tmp_path: Path, pid: str, reason: str) -> None:
+    from indexer.catalog import parse_record
+
+    result = parse_record({"product_id": pid, "title": "t"}, row=3, source="c.jsonl")
+    assert isinstance(result, RowError) and result.field == "product_id" and reason in result.message
+
+
+def test_non_finite_or_deeply_nested_attributes_are_row_errors(tmp_path: Path) -> None:
+    path = tmp_path / "c.jsonl"
+    deep: object = 1
+    for _ in range(50):
+        deep = [deep]
+    path.write_text(json.dumps({"product_id": "A", "title": "a", "weight": float("inf")}) + "\n"
+                    + json.dumps({"product_id": "B", "title": "b", "tags": deep}) + "\n")
+    errors = [item for item in read_catalog(path) if isinstance(item, RowError)]
+    assert [(e.product_id, e.field) for e in errors] == [("A", "weight"), ("B", "tags")]
+    assert "finite" in errors[0].message and "nested" in errors[1].message

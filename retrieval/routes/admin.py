@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import hmac
-import math
 import time
-import unicodedata
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from catalens.errors import ForbiddenError, UnauthorizedError
+from catalens.validation import attribute_problem, product_id_problem
 from retrieval.deps import EditorDep, SearcherDep, SettingsDep
 from retrieval.schemas import error_responses, require_finite
 
@@ -35,7 +34,6 @@ def require_api_key(settings: SettingsDep,
 
 ADMIN_ERRORS = error_responses(400, 401, 403, 409, 413, 422, 503)
 # Extra product fields become stored attributes: JSON values this deep at most.
-MAX_ATTRIBUTE_DEPTH = 8
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_api_key)],
                    responses=ADMIN_ERRORS)
 
@@ -49,7 +47,8 @@ class ProductIn(BaseModel):
     title: str = Field(min_length=1, max_length=10_000)
     description: str = Field(default="", max_length=100_000)
     image: str | list[str] | None = Field(
-        default=None, description="http(s) URL or absolute path on the server; a list or '|'-separated for several")
+        default=None, description="http(s) URL, or a path inside the active catalog's folder or CATALENS_IMAGE_ROOTS "
+                    "(relative to the catalog's folder); a list or '|'-separated for several")
     category: str | None = None
     brand: str | None = None
     price: float | None = Field(default=None, ge=0, allow_inf_nan=False, strict=True)
@@ -60,39 +59,18 @@ class ProductIn(BaseModel):
     @field_validator("product_id")
     @classmethod
     def _fetchable_id(cls, value: str) -> str:
-        """An id must come back unchanged in /v1/products/{id}: no '/', no control characters,
-        no surrounding whitespace (refused rather than silently trimmed)."""
-        if "/" in value:
-            raise ValueError("must not contain '/'")
-        bad = next((ch for ch in value if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp")), None)
-        if bad is not None:
-            raise ValueError(f"must not contain control or invisible characters (found U+{ord(bad):04X})")
-        if value != value.strip() or unicodedata.category(value[0]).startswith("Z") \
-                or unicodedata.category(value[-1]).startswith("Z"):
-            raise ValueError("must not start or end with whitespace")
+        problem = product_id_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @model_validator(mode="after")
     def _storable_attributes(self) -> ProductIn:
         for name, value in (self.model_extra or {}).items():
-            problem = _attribute_problem(value, MAX_ATTRIBUTE_DEPTH)
+            problem = attribute_problem(value)
             if problem:
                 raise ValueError(f"attribute {name!r} {problem}")
         return self
-
-
-def _attribute_problem(value: Any, depth_left: int) -> str | None:
-    """Why an attribute value cannot be stored and served back as JSON, or None."""
-    stack = [(value, depth_left)]
-    while stack:
-        item, left = stack.pop()
-        if isinstance(item, float) and not math.isfinite(item):
-            return "must hold finite numbers only (no NaN or Infinity)"
-        if isinstance(item, (list, dict)):
-            if left <= 0:
-                return f"is nested more than {MAX_ATTRIBUTE_DEPTH} levels deep"
-            stack.extend((v, left - 1) for v in (item.values() if isinstance(item, dict) else item))
-    return None
 
 
 class UpsertIn(BaseModel):
