@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: demo test install lint browser clean
+.PHONY: demo test test-fast install lint audit browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,9 +33,25 @@ browser:
 		(DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose) \
 		|| echo "WARNING: could not install docker-compose; the compose check will be skipped"; }
 
-test: install browser
-	$(BIN)/ruff check catalens indexer retrieval training tests migrations
+PACKAGES := catalens indexer retrieval sampledata training bench cli
+
+# Style, types and the layer contract (core <- indexer, retrieval <- tools).
+lint: install
+	$(BIN)/ruff check $(PACKAGES) tests migrations
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+# Known vulnerabilities in the installed dependencies (pip-audit against PyPI's advisory data).
+audit: install
+	$(BIN)/python .ci/audit.py
+
+# The whole suite: real SQLite, FAISS, models, `catalens serve` processes, Chromium.
+test: install browser lint audit
 	$(BIN)/python -m pytest -q
 
+# Under a minute: no subprocesses, no browser.
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow and not browser"
+
 clean:
-	rm -rf catalens-data .pytest_cache test-artifacts
+	rm -rf catalens-data .pytest_cache .hypothesis test-artifacts

@@ -112,8 +112,8 @@ def measure_index(settings: Settings, *, n: int, seed: int = CATALOG_SEED, decod
     """Decode-only and model-only ceilings, then a real build of a generated n-product catalog."""
     import torch
 
-    from indexer.builder import BuildOptions, build_index
     from indexer.reader import ImageJob, ImageReader
+    from indexer.runner import BuildOptions, build_index
 
     threads = settings.torch_threads()
     workers = decode_workers or settings.decode_workers

@@ -162,7 +162,7 @@ def ensure_query_index(settings: Settings, catalog: Path, *, n: int, seed: int, 
                        log: Log = quiet) -> Path:
     """An index of the bench catalog for this model, built once under the bench dir and reused."""
     from catalens import artifacts
-    from indexer.builder import BuildOptions, build_index
+    from indexer.runner import BuildOptions, build_index
 
     index_dir = settings.bench_cache() / f"query-index-{model_slug(settings.model)}-n{n}-s{seed}"
     encoder = load_encoder(settings)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from catalens.errors import DatabaseBusyError, DatabaseError
@@ -74,6 +74,15 @@ def open_database(url: str) -> tuple[Engine, Sessions]:
     check_integrity(engine)
     upgrade_database(url)
     return engine, create_session_factory(engine)
+
+
+def refresh_statistics(sessions: Sessions) -> None:
+    """Refresh the query planner's statistics after a bulk change: without them SQLite filters
+    products through the low-selectivity `deleted` index instead of `category` / `brand`."""
+    with sessions() as session:
+        if session.get_bind().dialect.name == "sqlite":
+            session.execute(text("ANALYZE"))
+            session.commit()
 
 
 def alembic_config(url: str) -> Config:

@@ -8,6 +8,7 @@ class CatalensError(Exception):
 
     code = "catalens_error"
     http_status = 500
+    retry_after_s: int | None = None  # set on errors a client should retry (sent as Retry-After)
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -57,12 +58,14 @@ class ForbiddenError(CatalensError):
 
 class IndexNotReadyError(CatalensError):
     code, http_status = "index_not_ready", 503
+    retry_after_s = 5
 
 
 class IndexArtifactError(CatalensError):
     """An index version on disk is missing, corrupt or does not match its manifest."""
 
     code, http_status = "index_artifact_error", 503
+    retry_after_s = 30
 
 
 class ModelLoadError(CatalensError):
@@ -93,6 +96,7 @@ class DatabaseError(CatalensError):
     """The metadata database cannot be opened, is malformed, or is busy past its timeout."""
 
     code, http_status = "database_error", 503
+    retry_after_s = 5
 
 
 class BenchError(CatalensError):

@@ -86,7 +86,9 @@ def decode_image(data: bytes, *, max_pixels: int, draft_size: int | None = None,
             if draft_size and img.format in ("JPEG", "MPO"):
                 img.draft("RGB", (draft_size, draft_size))
             img.load()
-            return _to_rgb(ImageOps.exif_transpose(img) or img)
+            # In place, and no convert of an image already RGB: each copy of a 40 Mpx image is 120 MB.
+            ImageOps.exif_transpose(img, in_place=True)
+            return _to_rgb(img)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise PayloadTooLargeError(f"image rejected as a decompression bomb: {exc}") from exc
     except UnidentifiedImageError as exc:
@@ -135,7 +137,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 # --- reading a source --------------------------------------------------------------------------
@@ -148,6 +150,8 @@ def read_image_source(source: str, *, images_root: Path | None, timeout_s: float
 
     roots=None leaves paths unconfined, for a file the local user names on the command line.
     """
+    if "\x00" in source:  # the OS cannot take it; refuse before any path or URL handling
+        raise ImageSourceRefusedError("an image reference must not contain a NUL character")
     if is_url(source):
         return fetch_url(source, timeout_s=timeout_s, max_bytes=max_bytes, url_allow=url_allow)
     path = Path(source)
@@ -156,10 +160,10 @@ def read_image_source(source: str, *, images_root: Path | None, timeout_s: float
     return read_local_file(path, roots=roots, max_bytes=max_bytes)
 
 
-def read_stored_image(source: str, settings: Settings, *, catalog: str) -> bytes:
-    """Re-read an indexed image at query time under the indexer's policy: the catalog's folder and
-    CATALENS_IMAGE_ROOTS for paths, the URL policy for URLs, the fetch caps for both."""
-    roots = resolve_roots([Path(catalog).parent if catalog else None, *settings.image_roots])
+def read_stored_image(source: str, settings: Settings, *, images_root: Path | None) -> bytes:
+    """Re-read an indexed image at query time under the indexer's policy: the version's images root
+    and CATALENS_IMAGE_ROOTS for paths, the URL policy for URLs, the fetch caps for both."""
+    roots = resolve_roots([images_root, *settings.image_roots])
     return read_image_source(source, images_root=None, timeout_s=settings.fetch_timeout_s,
                              max_bytes=settings.max_fetch_bytes, roots=roots, url_allow=settings.url_allow)
 
@@ -181,7 +185,7 @@ def confine_path(path: Path, roots: Sequence[Path]) -> Path:
     """
     try:
         real = path.resolve()
-    except (OSError, RuntimeError) as exc:  # a symlink loop
+    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a NUL in the path
         raise ImageSourceRefusedError(PATH_REFUSED) from exc
     if not is_inside(real, roots):
         raise ImageSourceRefusedError(PATH_REFUSED)

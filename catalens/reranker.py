@@ -33,6 +33,13 @@ class Reranker(Protocol):
     def preprocess(self, image: Any) -> Any:
         """A decoded RGB image -> the tensor `image_features` takes (runs in reader threads)."""
 
+    def reads_pixels_of(self, encoder: ClipEncoder) -> bool:
+        """True when this reranker reads `encoder`'s own preprocessed pixels (the indexer decodes once)."""
+
+    def features_with_vectors(self, encoder: ClipEncoder, pixels: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        """`encoder`'s image vectors and this reranker's features from ONE vision pass, or None when
+        the reranker does not read that CLIP's tokens (then the indexer runs two passes)."""
+
     def image_features(self, pixels: Any) -> np.ndarray:
         """A batch of preprocessed images -> (N, T, D) float16 features, stored at index time."""
 
@@ -64,12 +71,23 @@ class BundledItmReranker:
             tokens = itm_image_features(self.clip.model, self.head, pixels.to(self.clip.device), clip_tokens)
         return tokens.to(torch.float16).cpu().numpy()
 
-    @property
-    def reads_clip_tokens(self) -> bool:
-        """True when the stored features include the CLIP's own ViT tokens (one vision pass gives both)."""
-        from catalens.itm import reads_clip_tokens
+    def reads_pixels_of(self, encoder: ClipEncoder) -> bool:
+        return encoder is self.clip
 
-        return reads_clip_tokens(self.head)
+    def features_with_vectors(self, encoder: ClipEncoder, pixels: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        import torch
+
+        from catalens.itm import clip_image_embeddings_and_tokens, reads_clip_tokens
+
+        if encoder is not self.clip or not reads_clip_tokens(self.head):
+            return None
+        batch = pixels.to(encoder.device)
+        with torch.inference_mode():
+            both = clip_image_embeddings_and_tokens(encoder.model, batch, self.head.config.token_layer)
+        if both is None:
+            return None
+        vectors, tokens = both
+        return vectors.float().cpu().numpy(), self.image_features(batch, tokens)
 
     def score(self, query: str, features: np.ndarray) -> np.ndarray:
         import torch

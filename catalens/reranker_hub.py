@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from catalens.encoder import weights_digest
+from catalens.encoder import ClipEncoder, weights_digest
 from catalens.errors import CaptionUnsupportedError, ModelLoadError
 
 MAX_CAPTION_TOKENS = 24
@@ -34,6 +34,12 @@ class BlipItmReranker:
 
     def preprocess(self, image: Any) -> Any:
         return self.processor.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+    def reads_pixels_of(self, encoder: ClipEncoder) -> bool:
+        return False
+
+    def features_with_vectors(self, encoder: ClipEncoder, pixels: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        return None
 
     def image_features(self, pixels: Any) -> np.ndarray:
         import torch
@@ -93,6 +99,12 @@ class CocaReranker:
 
     def preprocess(self, image: Any) -> Any:
         return self.transform(image)
+
+    def reads_pixels_of(self, encoder: ClipEncoder) -> bool:
+        return False
+
+    def features_with_vectors(self, encoder: ClipEncoder, pixels: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        return None
 
     def image_features(self, pixels: Any) -> np.ndarray:
         import torch

@@ -23,15 +23,27 @@ def product_id_problem(value: str) -> str | None:
     return None
 
 
+def text_problem(value: str) -> str | None:
+    """Why a string cannot be stored or sent as UTF-8 (a lone surrogate from a JSON escape), or None."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"is not valid Unicode text (a lone surrogate U+{ord(value[exc.start]):04X} at {exc.start})"
+    return None
+
+
 def attribute_problem(value: Any, depth_left: int = MAX_ATTRIBUTE_DEPTH) -> str | None:
     """Why an attribute value cannot be stored and served back as JSON, or None (iterative: no recursion limit)."""
     stack = [(value, depth_left)]
     while stack:
         item, left = stack.pop()
+        if isinstance(item, str) and (problem := text_problem(item)):
+            return problem
         if isinstance(item, float) and not math.isfinite(item):
             return "must hold finite numbers only (no NaN or Infinity)"
         if isinstance(item, (list, dict)):
             if left <= 0:
                 return f"is nested more than {MAX_ATTRIBUTE_DEPTH} levels deep"
-            stack.extend((v, left - 1) for v in (item.values() if isinstance(item, dict) else item))
+            values = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+            stack.extend((v, left - 1) for v in values)
     return None

@@ -33,17 +33,20 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from indexer.maintenance import IndexEditor
-    from retrieval.app import create_app
+    from retrieval.app import create_app, create_searcher
     from retrieval.limits import server_http_protocol
 
-    uvicorn.run(create_app(settings, editor=IndexEditor(settings)), host=args.host, port=args.port,
-                log_level="info", http=server_http_protocol())
+    # Open the database and load the models before uvicorn starts, so a malformed database or a
+    # missing model is one line and exit code 2 here, not a traceback from the server's startup.
+    searcher = create_searcher(settings)
+    uvicorn.run(create_app(settings, searcher=searcher, editor=IndexEditor(settings)), host=args.host,
+                port=args.port, log_level="info", http=server_http_protocol())
     return 0
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from catalens import artifacts
-    from indexer.builder import BuildOptions, build_index
+    from indexer.runner import BuildOptions, build_index
     from sampledata.catalog import write_sample_catalog
 
     sample_dir = settings.index_dir / "sample"

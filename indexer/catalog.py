@@ -12,10 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from catalens.errors import CatalogError
-from catalens.validation import attribute_problem, product_id_problem
+from catalens.validation import attribute_problem, product_id_problem, text_problem
 
 KNOWN_FIELDS = ("product_id", "title", "description", "image", "category", "brand", "price", "currency")
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def product_text(title: str, description: str | None) -> str:
+    """The one text a product is embedded by: its title, then its description."""
+    return f"{title}. {description}".strip(". ") if description else title
 
 
 @dataclass(frozen=True)
@@ -36,7 +41,7 @@ class CatalogRow:
     @property
     def text(self) -> str:
         """The text that is embedded for the product."""
-        return f"{self.title}. {self.description}".strip(". ") if self.description else self.title
+        return product_text(self.title, self.description)
 
     @property
     def text_hash(self) -> str:
@@ -112,16 +117,23 @@ def _csv_records(path: Path) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
 
 
 def _jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
-    with open(path, encoding="utf-8") as fh:
+    # Bytes per line: one line that is not UTF-8 is a row error, not the end of the catalog.
+    with open(path, "rb") as fh:
         row = 0
-        for line in fh:
-            if not line.strip():
+        for raw in fh:
+            if not raw.strip():
                 continue
             row += 1
             try:
-                record = json.loads(line)
+                record = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                yield row, RowError(str(path), row, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})")
+                continue
             except json.JSONDecodeError as exc:
                 yield row, RowError(str(path), row, None, f"invalid JSON: {exc.msg} at column {exc.colno}")
+                continue
+            except RecursionError:
+                yield row, RowError(str(path), row, None, "invalid JSON: nested too deeply")
                 continue
             if not isinstance(record, dict):
                 yield row, RowError(str(path), row, None, "each line must be a JSON object")
@@ -145,6 +157,9 @@ def _parquet_records(path: Path) -> Iterator[tuple[int, dict[str, Any] | RowErro
 
 
 def _require_columns(path: Path, columns: list[str]) -> None:
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise CatalogError(f"{path}: column(s) named more than once in the header: {', '.join(repeated)}")
     missing = [c for c in ("product_id", "title") if c not in columns]
     if missing:
         raise CatalogError(f"{path}: required column(s) missing: {', '.join(missing)} (found: {', '.join(columns)})")
@@ -191,6 +206,10 @@ def parse_record(record: dict[str, Any], *, row: int, source: str) -> CatalogRow
     title = record.get("title")
     if _blank(title):
         return error("title", "required value is empty")
+    for name in KNOWN_FIELDS:
+        value = record.get(name)
+        if isinstance(value, str) and (problem := text_problem(value)):
+            return error(name, problem)
     price = record.get("price")
     if _blank(price):
         price = None

@@ -11,7 +11,7 @@ from catalens.errors import CatalensError
 
 
 def _build(args: argparse.Namespace, settings: Settings, *, full: bool) -> int:
-    from indexer.builder import BuildOptions, build_index
+    from indexer.runner import BuildOptions, build_index
 
     catalog = args.catalog or _last_catalog(settings)
     options = BuildOptions(catalog=catalog, images_root=args.images_root, strict=args.strict,

@@ -10,9 +10,13 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from catalens.config import Settings
+from catalens.reranker import Reranker
 
 
 class EmbeddingCache:
@@ -63,3 +67,27 @@ class EmbeddingCache:
         for shard in shards:
             if shard != newest:
                 shard.unlink(missing_ok=True)
+
+
+@dataclass
+class Caches:
+    """The CLIP vector cache and, when stored, the reranker's feature cache."""
+
+    vectors: EmbeddingCache
+    features: EmbeddingCache | None = None
+
+    def has(self, digest: str) -> bool:
+        return f"img:{digest}" in self.vectors and (self.features is None or f"rr:{digest}" in self.features)
+
+
+def feature_cache(settings: Settings, reranker: Reranker | None) -> EmbeddingCache | None:
+    """Reranker image features, cached like vectors (fp16) under the reranker's own id."""
+    if reranker is None:
+        return None
+    return EmbeddingCache(settings.index_dir / "features", reranker.reranker_id, dtype=np.float16)
+
+
+def remove_partial_shards(cache: EmbeddingCache) -> None:
+    """Temp files of shards a killed builder never finished (complete shards are kept)."""
+    for tmp in cache.dir.glob(".shard-*.tmp"):
+        tmp.unlink(missing_ok=True)

@@ -15,23 +15,19 @@ from sqlalchemy import select, update
 
 from catalens import artifacts
 from catalens.config import Settings
-from catalens.db import open_database
+from catalens.db import Sessions, open_database
 from catalens.editing import DeleteSummary, UpsertSummary
 from catalens.encoder import ClipEncoder, ModelSpec
 from catalens.errors import ImageSourceRefusedError, InvalidInputError
 from catalens.images import confine_path, is_url, resolve_roots
-from catalens.schema import IndexVersion, Product, ProductImage
-from indexer.builder import (
-    BuildOptions,
-    BuildSummary,
-    active_images_root,
-    build_index,
-    fail_stale_builds,
-    write_version,
-)
+from catalens.schema import Product, ProductImage
+from indexer import publish
 from indexer.catalog import CatalogRow, RowError, parse_record
 from indexer.embedding_cache import EmbeddingCache
 from indexer.lock import builder_lock
+from indexer.plan import active_images_root
+from indexer.runner import BuildOptions, BuildSummary, build_index
+from indexer.writer import write_version
 
 MAX_UPSERT_RECORDS = 1000
 
@@ -47,7 +43,7 @@ def delete_products(settings: Settings, product_ids: list[str], *, keep: int = 3
         artifacts.clean_staging(settings.index_dir)
         engine, sessions = open_database(settings.db_url)
         try:
-            fail_stale_builds(sessions)
+            publish.fail_stale_builds(sessions)
             with sessions.begin() as session:
                 live = set(session.scalars(select(Product.product_id).where(
                     Product.product_id.in_(product_ids), Product.deleted.is_(False))))
@@ -62,34 +58,24 @@ def delete_products(settings: Settings, product_ids: list[str], *, keep: int = 3
             engine.dispose()
 
 
-def _republish(settings: Settings, sessions, manifest: artifacts.Manifest, *,  # type: ignore[no-untyped-def]
-               summary: dict, keep: int) -> str:
-    """A new version from the DB + embedding cache alone (no model), recorded like a build."""
+def _republish(settings: Settings, sessions: Sessions, manifest: artifacts.Manifest, *,
+               summary: dict[str, Any], keep: int) -> str:
+    """A new version from the DB + embedding cache alone (no model), published like a build."""
     spec = ModelSpec(manifest.model, manifest.pretrained)
     cache = EmbeddingCache(settings.index_dir / "embeddings", manifest.model_id)
     # The reranker features carry over from the cache they were written to (no model runs here).
     features = EmbeddingCache(settings.index_dir / "features", manifest.reranker, dtype=np.float16) \
         if manifest.reranker else None
-    version_id = artifacts.new_version_id()
-    with sessions.begin() as session:
-        session.add(IndexVersion(version_id=version_id, status="building", model=manifest.model_id,
-                                 catalog=manifest.catalog, catalog_checksum=manifest.catalog_checksum))
+    version_id = publish.start(sessions, model_id=manifest.model_id, catalog=manifest.catalog,
+                               checksum=manifest.catalog_checksum)
     try:
         new = write_version(settings, sessions, cache, spec, manifest.dim, manifest.model_id, version_id=version_id,
                             catalog=manifest.catalog, checksum=manifest.catalog_checksum, factory=manifest.factory,
-                            features=features)
-        artifacts.promote_staging(settings.index_dir, version_id)
-        artifacts.set_active(settings.index_dir, version_id)
-        artifacts.prune_versions(settings.index_dir, keep)
+                            features=features, images_root=manifest.images_root)
+        publish.publish(settings, sessions, new, keep=keep, summary=summary)
     except BaseException as exc:
-        with sessions.begin() as session:
-            session.execute(update(IndexVersion).where(IndexVersion.version_id == version_id)
-                            .values(status="failed", summary={"error": str(exc)[:2000]}))
-        artifacts.clean_staging(settings.index_dir)
+        publish.fail(settings, sessions, version_id, exc)
         raise
-    with sessions.begin() as session:
-        session.execute(update(IndexVersion).where(IndexVersion.version_id == version_id).values(
-            status="ready", dim=new.dim, count=new.count, factory=new.factory, summary=summary))
     return version_id
 
 

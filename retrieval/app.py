@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
@@ -25,6 +25,7 @@ from retrieval.limits import (
     BodyLimit,
     BodyLimitMiddleware,
     SecurityHeadersMiddleware,
+    error_body,
     security_headers,
 )
 from retrieval.metrics import Metrics
@@ -42,8 +43,8 @@ HTTP_ERROR_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_t
 COMMON_ERRORS = error_responses(400, 413)
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(error_body(code, message), status_code=status, headers=headers, media_type="application/json")
 
 
 def body_limits(settings: Settings) -> tuple[list[BodyLimit], BodyLimit]:
@@ -152,11 +153,13 @@ def _install_error_handlers(app: FastAPI) -> None:
     """Every error leaves as {"error": {"code", "message"}} with its documented status."""
 
     @app.exception_handler(CatalensError)
-    async def catalens_error(_: Request, exc: CatalensError) -> JSONResponse:
-        return error_response(exc.http_status, exc.code, exc.message)
+    async def catalens_error(_: Request, exc: CatalensError) -> Response:
+        # An engine that is down or busy says when to come back (503 + Retry-After).
+        headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
+        return error_response(exc.http_status, exc.code, exc.message, headers=headers)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
         errors = exc.errors()
         if errors and errors[0].get("type") == "json_invalid":
             reason = (errors[0].get("ctx") or {}).get("error") or errors[0].get("msg")
@@ -172,7 +175,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response(422, "invalid_input", "; ".join(parts) or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 400:
             # Raised by FastAPI/Starlette only when a body cannot be parsed: that is invalid
             # input (422) like any other, with the reason instead of a generic sentence.
@@ -181,7 +184,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response(exc.status_code, code, str(exc.detail), headers=dict(exc.headers or {}))
 
     @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def unexpected(request: Request, exc: Exception) -> Response:
         # Raised past every middleware, so the security headers are added here.
         LOG.exception("unhandled error")
         return error_response(500, "internal_error", "internal error; see the server log",

@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from retrieval.schemas import ErrorBody, ErrorOut
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -43,7 +45,8 @@ class BodyLimit:
 
 
 def error_body(code: str, message: str) -> bytes:
-    return json.dumps({"error": {"code": code, "message": message}}).encode()
+    """The documented error envelope {"error": {"code", "message"}}: the one place it is built."""
+    return json.dumps(ErrorOut(error=ErrorBody(code=code, message=message)).model_dump()).encode()
 
 
 async def send_error(send: Send, status: int, code: str, message: str, *, close: bool = False) -> None:

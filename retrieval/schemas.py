@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import math
 import unicodedata
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from catalens.validation import text_problem
 
 MAX_K = 100
 MAX_RERANK_TOP_N = 100
+MAX_QUERY_CHARS = 1000
+
+
+def require_text(value: str) -> str:
+    """Refuse strings that cannot be encoded as UTF-8 (lone surrogates from JSON escapes)."""
+    problem = text_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+# Every free-text field of a request: valid Unicode, so the database and the encoder can take it.
+Text = Annotated[str, AfterValidator(require_text)]
 
 
 def is_blank_char(ch: str) -> bool:
@@ -40,8 +55,8 @@ def require_finite(value: float | None) -> float | None:
 class FiltersIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    category: list[str] = Field(default_factory=list, max_length=200)
-    brand: list[str] = Field(default_factory=list, max_length=200)
+    category: list[Text] = Field(default_factory=list, max_length=200)
+    brand: list[Text] = Field(default_factory=list, max_length=200)
     price_min: float | None = Field(default=None, ge=0, allow_inf_nan=False, strict=True)
     price_max: float | None = Field(default=None, ge=0, allow_inf_nan=False, strict=True)
 
@@ -51,7 +66,7 @@ class FiltersIn(BaseModel):
 class TextSearchIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    query: str = Field(min_length=1, max_length=1000, description="what the shopper typed")
+    query: Text = Field(min_length=1, max_length=MAX_QUERY_CHARS, description="what the shopper typed")
     k: int = Field(default=10, ge=1, le=MAX_K, strict=True)
     filters: FiltersIn = Field(default_factory=FiltersIn)
     rerank: bool = Field(default=False, strict=True,

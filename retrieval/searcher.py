@@ -267,7 +267,8 @@ class Searcher:
             if hit.vector_id not in sources:
                 continue
             try:
-                data = read_stored_image(sources[hit.vector_id], self.settings, catalog=self.snapshot.manifest.catalog)
+                data = read_stored_image(sources[hit.vector_id], self.settings,
+                                         images_root=self.snapshot.manifest.image_folder())
                 pixels.append(reranker.preprocess(decode_image(data, max_pixels=self.settings.max_image_pixels,
                                                                max_aspect=self.settings.max_aspect_ratio)))
                 found[i] = True
@@ -388,15 +389,13 @@ class Searcher:
             vids = np.fromiter(snap.owner, np.int64, len(snap.owner))
             owners = np.fromiter((pk for pk, _ in snap.owner.values()), np.int64, len(snap.owner))
             order = np.argsort(vids)
-            table = (weakref.ref(snap), vids[order], owners[order])
+            table = (weakref.ref(snap), vids[order], owners[order], int(owners.max(initial=0)) + 1)
             self._vector_table = table
-        _, vids, owners = table
+        _, vids, owners, n_pks = table
         with self.sessions() as session:
             pks = np.fromiter(session.scalars(select(Product.id).where(*filters.clauses())), np.int64)
-        if not len(vids) or not len(pks):
-            return np.zeros(0, np.int64)
-        passes = np.zeros(int(owners.max()) + 1, bool)
-        passes[pks[(pks >= 0) & (pks < len(passes))]] = True  # newer products have no vectors here
+        passes = np.zeros(n_pks, bool)
+        passes[pks[(pks >= 0) & (pks < n_pks)]] = True  # newer products have no vectors in this snapshot
         return vids[passes[owners]]
 
     @staticmethod

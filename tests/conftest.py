@@ -70,8 +70,8 @@ def reranker(encoder):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def sample_index(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory, encoder, reranker) -> SampleIndex:  # type: ignore[no-untyped-def]
     from catalens.config import Settings
-    from indexer.builder import BuildOptions, build_index
     from indexer.embedder import Embedder
+    from indexer.runner import BuildOptions, build_index
 
     index_dir = tmp_path_factory.mktemp("index")
     settings = Settings(index_dir=index_dir, threads=1)

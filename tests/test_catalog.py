@@ -101,3 +101,22 @@ def test_non_finite_or_deeply_nested_attributes_are_row_errors(tmp_path: Path) -
     errors = [item for item in read_catalog(path) if isinstance(item, RowError)]
     assert [(e.product_id, e.field) for e in errors] == [("A", "weight"), ("B", "tags")]
     assert "finite" in errors[0].message and "nested" in errors[1].message
+
+
+def test_a_jsonl_line_that_is_not_utf8_or_nested_too_deeply_is_a_row_error(tmp_path: Path) -> None:
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b'{"product_id": "A", "title": "a"}\n{"product_id": "B", "title": "\xff\xfe"}\n'
+                     + b"[" * 100_000 + b"\n" + b'{"product_id": "C", "title": "\\ud800"}\n'
+                     + b'{"product_id": "D", "title": "d"}\n')
+    items = list(read_catalog(path))
+    assert [i.product_id for i in items if isinstance(i, CatalogRow)] == ["A", "D"]
+    errors = [i for i in items if isinstance(i, RowError)]
+    assert [e.row for e in errors] == [2, 3, 4]
+    assert "UTF-8" in errors[0].message and "deeply" in errors[1].message and "surrogate" in errors[2].message
+
+
+def test_a_header_naming_a_column_twice_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.csv"
+    path.write_text("product_id,title,title\np1,a,b\n")
+    with pytest.raises(CatalogError, match="more than once.*title"):
+        list(read_catalog(path))

@@ -167,7 +167,7 @@ def write_catalog(path: Path, rows: list[dict[str, str]]) -> Path:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, encoder: Any) -> World:
-    from indexer.builder import BuildOptions, build_index
+    from indexer.runner import BuildOptions, build_index
 
     root = tmp_path_factory.mktemp("sources-world")
     (root / "images").mkdir()
@@ -189,12 +189,14 @@ def app(world: World, encoder: Any) -> Iterator[Any]:
     from fastapi.testclient import TestClient
 
     from catalens.db import create_db_engine, create_session_factory
+    from indexer.maintenance import IndexEditor
     from retrieval.app import create_app
     from retrieval.searcher import Searcher
 
     searcher = Searcher(world.settings, create_session_factory(create_db_engine(world.settings.db_url)), encoder)
     searcher.reload()
-    with TestClient(create_app(world.settings, searcher=searcher), raise_server_exceptions=False) as client:
+    app = create_app(world.settings, searcher=searcher, editor=IndexEditor(world.settings))
+    with TestClient(app, raise_server_exceptions=False) as client:
         yield client
 
 
@@ -549,7 +551,7 @@ def was_read(path: Path, action: Any) -> bool:
 
 @pytest.mark.reliability
 def test_row26_a_failed_image_is_recorded_and_not_read_again_by_later_builds(tmp_path: Path, encoder: Any) -> None:
-    from indexer.builder import BuildOptions, build_index
+    from indexer.runner import BuildOptions, build_index
 
     server = ImageHost({})  # every path answers 404
     try:

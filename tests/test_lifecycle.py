@@ -151,7 +151,7 @@ def wait_for_version(server: Server, version: str, timeout: float = 30) -> None:
 def build_in_process(index_dir: Path, catalog: Path, encoder: Any, **options: Any) -> Any:
     """A setup build sharing the session's loaded model (the behaviour under test runs as processes)."""
     from catalens.config import Settings
-    from indexer.builder import BuildOptions, build_index
+    from indexer.runner import BuildOptions, build_index
 
     settings = Settings(index_dir=index_dir, threads=1, batch_size=int(BATCH))
     return build_index(settings, BuildOptions(catalog=catalog, progress=False, **options), encoder=encoder)

@@ -94,22 +94,22 @@ def make_searcher(index_dir: Path, encoder: Any, **settings: Any) -> Any:
     return Searcher(s, create_session_factory(create_db_engine(s.db_url)), encoder)
 
 
-def test_client(searcher: Any) -> Any:
+def app_client(searcher: Any) -> Any:
+    """The real app over this searcher, admin writes on (wired as `catalens serve` wires them)."""
     from fastapi.testclient import TestClient
 
+    from indexer.maintenance import IndexEditor
     from retrieval.app import create_app
 
-    return TestClient(create_app(searcher.settings, searcher=searcher), raise_server_exceptions=False)
-
-
-test_client.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+    app = create_app(searcher.settings, searcher=searcher, editor=IndexEditor(searcher.settings))
+    return TestClient(app, raise_server_exceptions=False)
 
 
 def in_process_build(index_dir: Path, catalog: Path, encoder: Any, reranker: Any, images: Path,
                      **settings: Any) -> Any:
     """A build sharing the session's loaded model; `images` may be read beside the catalog's own folder."""
-    from indexer.builder import BuildOptions, build_index
     from indexer.embedder import Embedder
+    from indexer.runner import BuildOptions, build_index
 
     s = Settings(index_dir=index_dir, threads=1, batch_size=8, image_roots=[images], **settings)
     return build_index(s, BuildOptions(catalog=catalog, progress=False), encoder=encoder,
@@ -181,7 +181,7 @@ def test_every_reliability_row_has_a_test() -> None:
 
 
 def test_the_matrix_check_reads_markers_the_way_pytest_applies_them(tmp_path: Path) -> None:
-    """The AST check itself: decorator, call, file-wide and class-wide pytestmark count; a bare name does not."""
+    """The AST check itself: a decorator, a called one, class-wide and file-wide pytestmark count; no marker does not."""
     (tmp_path / "test_a.py").write_text(
         "import pytest\n"
         "@pytest.mark.reliability\n@pytest.mark.parametrize('x', [1])\ndef test_row01_x(x): pass\n"
@@ -206,7 +206,7 @@ from pathlib import Path
 from catalens.config import Settings
 from catalens.encoder import ModelSpec, load_clip
 from catalens.reranker import load_reranker
-from indexer.builder import BuildOptions, build_index
+from indexer.runner import BuildOptions, build_index
 from indexer.embedder import Embedder
 
 encoder = load_clip(ModelSpec("catalens-demo"), device="cpu")
@@ -218,6 +218,15 @@ for line in sys.stdin:
         pid = os.fork()
         if pid == 0:
             os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # stdout is the protocol pipe
+            # A trace of SQL transactions (b: begin, w: a write statement, c: commit, r: rollback),
+            # one unbuffered byte each, so the test knows whether a kill fell inside a write transaction.
+            from sqlalchemy import Engine, event
+            trace = os.open(cmd["trace"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
+            event.listen(Engine, "begin", lambda *a: os.write(trace, b"b"))
+            event.listen(Engine, "commit", lambda *a: os.write(trace, b"c"))
+            event.listen(Engine, "rollback", lambda *a: os.write(trace, b"r"))
+            event.listen(Engine, "before_cursor_execute", lambda conn, cur, statement, *a: os.write(trace, b"w")
+                         if statement.lstrip()[:6].upper() in ("INSERT", "UPDATE", "DELETE") else None)
             code = 0
             try:
                 summary = build_index(
@@ -258,7 +267,8 @@ class Zygote:
 
     def start(self, catalog: Path, index_dir: Path, result: Path, batch: int = 8) -> int:
         return int(self._send(op="build", catalog=str(catalog), index_dir=str(index_dir), result=str(result),
-                              images_root=str(self.images_root), batch=batch)["pid"])
+                              trace=str(result.with_suffix(".trace")), images_root=str(self.images_root),
+                              batch=batch)["pid"])
 
     def wait(self, pid: int) -> dict:
         return self._send(op="wait", pid=pid)
@@ -303,10 +313,19 @@ def assert_same_ranking(got: Ranking, want: Ranking, tol: float = 1e-4) -> None:
             i = j
 
 
+def open_write_transactions(trace: str) -> tuple[int, bool]:
+    """(write transactions begun, whether the last one is still open) from a ZYGOTE trace."""
+    segments = trace.split("b")[1:]
+    writes = [seg for seg in segments if "w" in seg]
+    last = segments[-1] if segments else ""
+    return len(writes), "w" in last and "c" not in last and "r" not in last
+
+
 @dataclass
 class KillObservation:
-    """What a builder killed after `delay` seconds left behind (read while no builder runs)."""
+    """What a builder SIGKILLed at one point left behind (read back while no builder runs)."""
 
+    mode: str  # "time": after a random delay; "txn": inside its k-th write transaction
     delay: float
     killed: bool
     integrity: str
@@ -318,24 +337,32 @@ class KillObservation:
     active_catalog: str | None
     active_error: str | None
     staging_left: bool
+    published: bool  # the active pointer moved during this run
+    trace: str  # the killed builder's SQL transactions, see ZYGOTE
     ranking: Ranking = field(repr=False)
 
-    published: bool = False  # the active pointer moved during this run
+    @property
+    def in_write_transaction(self) -> bool:
+        """Killed after a write statement of a transaction it had not committed."""
+        return open_write_transactions(self.trace)[1]
 
     @property
     def phase(self) -> str:
-        """Roughly where the builder was when it died, from what it left behind."""
+        """Where the builder was when it died, from what it left behind."""
         if self.published:
             return "after the publish"
-        if self.products == KILL_A:
-            return "before the catalog sync committed"
-        return "embedding (per-batch transactions)" if self.images.get("pending", 0) else "writing the new version"
+        if self.in_write_transaction:
+            return "inside a write transaction"
+        if self.staging_left:
+            return "writing the new version's files"
+        if not self.trace:
+            return "starting"
+        return "before the catalog sync" if self.products == KILL_A else "reading, embedding or between transactions"
 
 
 @dataclass
 class KillCampaign:
     old: str
-    catalog_a: Path
     catalog_b: Path
     index_dir: Path
     reference_dir: Path
@@ -348,51 +375,81 @@ class KillCampaign:
     observations: list[KillObservation]
     final: dict
     final_ranking: Ranking
-    attempts: int
 
-    @property
-    def kills(self) -> list[KillObservation]:
-        return [o for o in self.observations if o.killed]
+    def kills(self, mode: str | None = None) -> list[KillObservation]:
+        return [o for o in self.observations if o.killed and mode in (None, o.mode)]
 
 
 KILL_A, KILL_B = 120, 200  # products in the live catalog and in the rebuild that gets killed
-KILLS = 30
+TIME_KILLS = 20  # row 1: kills at random moments
+TXN_KILLS = 30  # row 7: kills inside a write transaction
 KILL_SEED = 1307
 
 
-def observe(campaign_dirs: tuple[Path, Path, Path], searcher: Any, queries: list[str], delay: float,
-            status: dict, previous_active: str | None) -> KillObservation:
-    index_dir, catalog_a, catalog_b = campaign_dirs
-    db = index_dir / "catalens.db"
-    integrity, fk = sqlite_health(db)
-    active = artifacts.read_active(index_dir)
-    active_catalog = active_error = None
-    ranking: Ranking = []
-    try:
-        manifest, _, _ = artifacts.load_version(artifacts.versions_dir(index_dir) / str(active))
-        active_catalog = {str(catalog_a.resolve()): "A", str(catalog_b.resolve()): "B"}.get(manifest.catalog, "?")
-        ranking = top_k(searcher, queries)
-    except Exception as exc:  # recorded, asserted on by the tests
-        active_error = f"{type(exc).__name__}: {exc}"
-    staging = index_dir / "staging"
-    return KillObservation(
-        delay=delay, killed=status["signal"] == signal.SIGKILL, integrity=integrity, foreign_key_errors=len(fk),
-        products=sql(db, "SELECT count(*) FROM products WHERE deleted = 0")[0][0],
-        images=dict(sql(db, "SELECT status, count(*) FROM product_images GROUP BY status")),
-        versions=dict(sql(db, "SELECT status, count(*) FROM index_versions GROUP BY status")),
-        active=active, active_catalog=active_catalog, active_error=active_error,
-        staging_left=staging.is_dir() and any(staging.iterdir()), ranking=ranking,
-        published=active != previous_active)
+class KillRunner:
+    """Starts a builder of catalog B, SIGKILLs it, reads back the state."""
+
+    def __init__(self, zygote: Zygote, work: Path, searcher: Any, queries: list[str],
+                 catalogs: dict[str, str]) -> None:
+        self.zygote, self.searcher, self.queries, self.catalogs = zygote, searcher, queries, catalogs
+        self.index_dir = work / "idx"
+        self.result, self.trace = work / "kill.json", work / "kill.trace"
+
+    def run(self, catalog: Path, *, delay: float | None = None, write_txn: int | None = None) -> KillObservation:
+        self.result.unlink(missing_ok=True)
+        self.trace.unlink(missing_ok=True)
+        previous = artifacts.read_active(self.index_dir)
+        started = time.monotonic()
+        pid = self.zygote.start(catalog, self.index_dir, self.result)
+        if delay is not None:
+            time.sleep(delay)
+        else:  # watch the trace; kill as soon as the k-th write transaction is open
+            deadline = started + 20
+            while time.monotonic() < deadline and not self.result.exists():
+                began, still_open = open_write_transactions(self.trace.read_text() if self.trace.exists() else "")
+                if began >= int(write_txn or 1) and still_open:
+                    break
+                time.sleep(0.0005)
+        waited = time.monotonic() - started
+        os.kill(pid, signal.SIGKILL)  # a zombie if it already finished: then the signal is a no-op
+        status = self.zygote.wait(pid)
+        return self.observe("time" if delay is not None else "txn", waited, status, previous)
+
+    def observe(self, mode: str, delay: float, status: dict, previous: str | None) -> KillObservation:
+        db = self.index_dir / "catalens.db"
+        integrity, fk = sqlite_health(db)
+        active = artifacts.read_active(self.index_dir)
+        active_catalog = active_error = None
+        ranking: Ranking = []
+        try:
+            manifest, _, _ = artifacts.load_version(artifacts.versions_dir(self.index_dir) / str(active))
+            active_catalog = self.catalogs.get(manifest.catalog, "?")
+            ranking = top_k(self.searcher, self.queries)
+        except Exception as exc:  # recorded, asserted on by the tests
+            active_error = f"{type(exc).__name__}: {exc}"
+        staging = self.index_dir / "staging"
+        return KillObservation(
+            mode=mode, delay=delay, killed=status["signal"] == signal.SIGKILL, integrity=integrity,
+            foreign_key_errors=len(fk), products=sql(db, "SELECT count(*) FROM products WHERE deleted = 0")[0][0],
+            images=dict(sql(db, "SELECT status, count(*) FROM product_images GROUP BY status")),
+            versions=dict(sql(db, "SELECT status, count(*) FROM index_versions GROUP BY status")),
+            active=active, active_catalog=active_catalog, active_error=active_error,
+            staging_left=staging.is_dir() and any(p.is_dir() for p in staging.iterdir()),
+            published=active != previous, trace=self.trace.read_text() if self.trace.exists() else "",
+            ranking=ranking)
 
 
 @pytest.fixture(scope="module")
 def kill_campaign(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory, encoder: Any) -> KillCampaign:
-    """A live index of catalog A; a full rebuild to catalog B (A + 80 new products) SIGKILLed 30 times.
+    """A live index of catalog A; full rebuilds to catalog B (A + 80 new products) SIGKILLed 50 times.
 
-    Kill points are stratified (with jitter) over the length of a cold rebuild, then of a warm
-    one, so they fall at startup, in the catalog sync transaction, in the per-batch image
-    transactions, while embedding, while writing the staging folder and around the publish.
-    The state is read back after each kill (no builder running); then a last rebuild runs to the end.
+    20 kills at random moments, stratified (with jitter) over the length of a warm rebuild:
+    the first rebuilds are cold, so these fall at startup, in the catalog sync, while
+    embedding, then (once the embedding cache is complete) while writing the staging folder
+    and around the publish. Then 30 kills inside a write transaction: the child
+    traces its SQL transactions and is killed as soon as its k-th write transaction (k random:
+    the version row, the catalog sync, image batches, status updates) has written and not
+    committed. The state is read back after each kill; then a last rebuild runs to the end.
     """
     work = tmp_path_factory.mktemp("kills")
     rows = absolute_rows(sample_dir / "catalog.csv")
@@ -400,8 +457,7 @@ def kill_campaign(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory, en
     catalog_b = write_catalog_rows(work / "b.csv", rows[:KILL_B])
     index_dir, reference = work / "idx", work / "reference"
     result = work / "result.json"
-    new_titles = [r["title"] for r in rows[KILL_A:KILL_A + 4]]
-    queries = [*new_titles, "red mug", "striped sofa"]
+    queries = [*(r["title"] for r in rows[KILL_A:KILL_A + 4]), "red mug", "striped sofa"]
     zygote = Zygote(work / "zygote.log", images_root=sample_dir)
     try:
         zygote.run(catalog_a, index_dir, result)
@@ -415,38 +471,30 @@ def kill_campaign(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory, en
         searcher = make_searcher(index_dir, encoder)
         ranking_a = top_k(searcher, queries)
         ranking_b = top_k(make_searcher(reference, encoder), queries)
+        runner = KillRunner(zygote, work, searcher, queries,
+                            {str(catalog_a.resolve()): "A", str(catalog_b.resolve()): "B"})
         rng = random.Random(KILL_SEED)
-        observations: list[KillObservation] = []
-        attempts = 0
-        # A third of the kills stratified over a cold build (startup, the catalog sync, embedding),
-        # the rest over a warm one (re-sync, per-batch transactions, writing and publishing).
-        cold_kills = KILLS // 3
-        while sum(o.killed for o in observations) < KILLS and attempts < KILLS + 30:
-            if attempts < cold_kills:
-                delay = cold * (attempts + rng.random()) / cold_kills
-            else:
-                stratum = (attempts - cold_kills) % (KILLS - cold_kills)
-                delay = warm * (stratum + rng.random()) / (KILLS - cold_kills)
-            attempts += 1
-            previous = artifacts.read_active(index_dir)
-            pid = zygote.start(catalog_b, index_dir, result)
-            time.sleep(delay)
-            os.kill(pid, signal.SIGKILL)  # a zombie if it already finished: the signal is a no-op
-            status = zygote.wait(pid)
-            observations.append(observe((index_dir, catalog_a, catalog_b), searcher, queries, delay, status, previous))
+        observations = []
+        for n in range(TIME_KILLS * 2):
+            if sum(o.killed for o in observations) >= TIME_KILLS:
+                break
+            observations.append(runner.run(catalog_b, delay=1.1 * warm * (n % TIME_KILLS + rng.random()) / TIME_KILLS))
+        for _ in range(TXN_KILLS * 2):
+            if sum(o.in_write_transaction for o in observations if o.mode == "txn") >= TXN_KILLS:
+                break
+            observations.append(runner.run(catalog_b, write_txn=rng.randint(1, 4)))
         final = zygote.run(catalog_b, index_dir, result)
         final_ranking = top_k(searcher, queries)
     finally:
         zygote.close()
-    return KillCampaign(old, catalog_a, catalog_b, index_dir, reference, n_images(rows[:KILL_A]),
-                        n_images(rows[:KILL_B]), ranking_a, ranking_b, cold, warm, observations, final,
-                        final_ranking, attempts)
+    return KillCampaign(old, catalog_b, index_dir, reference, n_images(rows[:KILL_A]), n_images(rows[:KILL_B]),
+                        ranking_a, ranking_b, cold, warm, observations, final, final_ranking)
 
 
 def test_row01_sigkill_at_random_points_of_a_build_never_changes_what_is_served(kill_campaign: KillCampaign) -> None:
     c = kill_campaign
-    assert len(c.kills) >= KILLS, \
-        f"{len(c.kills)} kills in {c.attempts} attempts (rebuilds: {c.cold_s:.2f}s cold, {c.warm_s:.2f}s warm)"
+    assert len(c.kills("time")) >= TIME_KILLS, \
+        f"{len(c.kills('time'))} of {TIME_KILLS} builds killed (rebuilds: {c.cold_s:.2f}s cold, {c.warm_s:.2f}s warm)"
     with pytest.raises(AssertionError):
         assert_same_ranking(c.ranking_a, c.ranking_b)  # the rebuild changes results: the check below means something
     for o in c.observations:
@@ -454,7 +502,9 @@ def test_row01_sigkill_at_random_points_of_a_build_never_changes_what_is_served(
         assert o.active_error is None, o
         assert o.active == c.old or o.active_catalog == "B", o
         assert_same_ranking(o.ranking, c.ranking_a if o.active == c.old else c.ranking_b)
-    assert any(o.killed and o.active == c.old for o in c.observations), "no kill landed before the publish"
+    assert any(o.active == c.old for o in c.kills()), "no kill landed before the publish"
+    phases = {o.phase for o in c.kills("time")}
+    assert len(phases) >= 3, f"the random kills fell in too few stages: {phases}"
     # The rerun finishes, cleans the staging folder a killed builder left, and serves what a clean build serves.
     assert c.final["images_failed"] == 0 and c.final["vectors"] > 0
     assert not list((c.index_dir / "staging").glob("*")), "staging left behind"
@@ -472,7 +522,10 @@ def test_row01_sigkill_at_random_points_of_a_build_never_changes_what_is_served(
 def test_row07_sigkill_30_times_mid_transaction_keeps_sqlite_intact_and_a_rerun_completes(
         kill_campaign: KillCampaign) -> None:
     c = kill_campaign
-    assert len(c.kills) >= KILLS
+    in_txn = [o for o in c.kills("txn") if o.in_write_transaction]
+    assert len(in_txn) >= TXN_KILLS, f"only {len(in_txn)} kills inside a write transaction"
+    # Killed in different transactions of the build, not always the same one.
+    assert len({open_write_transactions(o.trace)[0] for o in in_txn}) >= 3, [o.trace for o in in_txn]
     pending_after_sync: list[int] = []
     for o in c.observations:
         # I4: after every crash the database is intact ...
@@ -485,8 +538,6 @@ def test_row07_sigkill_30_times_mid_transaction_keeps_sqlite_intact_and_a_rerun_
             pending_after_sync.append(o.images.get("pending", 0))
     # Resumable: images recorded by a killed build stay recorded; the next one never starts over.
     assert pending_after_sync == sorted(pending_after_sync, reverse=True), pending_after_sync
-    phases = {o.phase for o in c.kills}
-    assert len(phases) >= 3, f"kills fell in too few stages: {phases}"
     # The rerun completes: exact counts, every interrupted version marked failed, nothing half-done.
     db = c.index_dir / "catalens.db"
     assert sqlite_health(db) == ("ok", [])
@@ -496,7 +547,7 @@ def test_row07_sigkill_30_times_mid_transaction_keeps_sqlite_intact_and_a_rerun_
     assert sql(db, "SELECT count(*) FROM products WHERE deleted = 0")[0][0] == KILL_B
     assert dict(sql(db, "SELECT status, count(*) FROM product_images GROUP BY status")) == {"ok": c.images_b}
     statuses = dict(sql(db, "SELECT status, count(*) FROM index_versions GROUP BY status"))
-    assert set(statuses) <= {"ready", "failed"} and statuses.get("failed", 0) >= 1, statuses
+    assert set(statuses) <= {"ready", "failed"} and statuses.get("failed", 0) >= TXN_KILLS // 2, statuses
     assert not list(c.index_dir.glob("embeddings/*/.shard-*.tmp")) + list(c.index_dir.glob("features/*/.shard-*.tmp"))
 
 
@@ -531,7 +582,7 @@ def test_row02_a_corrupt_or_truncated_index_file_is_never_served(two_versions: t
     index_dir, v1, v2, _ = two_versions
     damage_file(artifacts.versions_dir(index_dir) / v2 / artifacts.IMAGE_INDEX, how)
     key = {"X-API-Key": API_KEY}
-    with test_client(make_searcher(index_dir, encoder, api_key=API_KEY)) as client:
+    with app_client(make_searcher(index_dir, encoder, api_key=API_KEY)) as client:
         # A cold start on the damaged active version: 503, never 200 with an empty list.
         ready = client.get("/readyz")
         assert ready.status_code == 503 and error_of(ready) in {"index_artifact_error", "index_not_ready"}
@@ -574,7 +625,7 @@ def test_row03_products_deleted_after_a_build_never_come_back_and_k_results_stil
     assert len(live) == len(rows) - len(soft) - len(hard)
     dead = [r for r in rows if r["product_id"] not in live]
     k = 10
-    with test_client(searcher) as client:
+    with app_client(searcher) as client:
         responses = [client.post("/v1/search/text", json={"query": r["title"], "k": k}) for r in dead[:6]]
         responses += [client.post("/v1/search/text", json={"query": q, "k": k, "filters": {"category": [c]}})
                       for q, c in (("red", rows[0]["category"]), ("striped", rows[3]["category"]))]
@@ -843,7 +894,7 @@ def test_row06_the_api_answers_a_lock_timeout_with_503_and_retry_after(sample_in
     event.listen(Pool, "checkout", short_timeout)
     holder = None
     try:
-        with test_client(make_searcher(index_dir, encoder, api_key=API_KEY)) as client:
+        with app_client(make_searcher(index_dir, encoder, api_key=API_KEY)) as client:
             holder = python(HOLDER, str(db))
             assert holder.stdout.readline().strip() == "locked"  # type: ignore[union-attr]
             resp = client.post("/v1/admin/products/delete", json={"ids": [sample_index.rows()[0]["product_id"]]},
@@ -851,9 +902,6 @@ def test_row06_the_api_answers_a_lock_timeout_with_503_and_retry_after(sample_in
             assert resp.status_code == 503 and error_of(resp) == "database_busy", resp.text
             search = client.post("/v1/search/text", json={"query": "red mug", "k": 3})
             assert search.status_code == 200  # queries only read: a held write lock never blocks them
-            if "retry-after" not in resp.headers:
-                pytest.xfail("retrieval/app.py's CatalensError handler sends no Retry-After header; "
-                             "it should send DatabaseBusyError.retry_after_s")
             assert int(resp.headers["retry-after"]) >= 1
     finally:
         event.remove(Pool, "checkout", short_timeout)
@@ -948,7 +996,7 @@ def test_row08_a_disk_that_fills_during_a_build_gives_507_and_leaves_the_live_in
     # The API: an upsert that runs out of disk answers 507 with the typed error.
     filler = fill_disk(small_disk, artifacts.RESERVE_BYTES + size // 2)
     try:
-        with test_client(make_searcher(index_dir, encoder, api_key=API_KEY, min_free_bytes=0,
+        with app_client(make_searcher(index_dir, encoder, api_key=API_KEY, min_free_bytes=0,
                                        image_roots=[sample_dir])) as client:
             record = {k: rows[50][k] for k in ("product_id", "title", "category", "brand")}
             resp = client.post("/v1/admin/products", json={"products": [{**record, "image": rows[50]["image"]}]},
@@ -963,7 +1011,7 @@ def test_row08_a_disk_that_fills_during_a_build_gives_507_and_leaves_the_live_in
 def test_row08_preflight_refuses_a_build_without_room_before_writing_anything(
         sample_index: SampleIndex, tmp_path: Path, encoder: Any) -> None:
     from catalens.errors import InsufficientStorageError
-    from indexer.builder import BuildOptions, build_index
+    from indexer.runner import BuildOptions, build_index
 
     index_dir = copy_index(sample_index.index_dir, tmp_path / "idx")
     active = artifacts.read_active(index_dir)
@@ -983,7 +1031,7 @@ def test_row08_preflight_refuses_a_build_without_room_before_writing_anything(
     assert lines[0].startswith("catalens: error: not enough free disk space"), lines
     assert tree_state(index_dir) == before
 
-    with test_client(make_searcher(index_dir, encoder, api_key=API_KEY, min_free_bytes=too_much)) as client:
+    with app_client(make_searcher(index_dir, encoder, api_key=API_KEY, min_free_bytes=too_much)) as client:
         row = sample_index.rows()[0]
         image = str(sample_index.sample_dir / row["image"].split("|")[0])
         resp = client.post("/v1/admin/products", json={"products": [{"product_id": "NEW-1", "title": "A new mug",
@@ -999,7 +1047,8 @@ def test_row08_preflight_refuses_a_build_without_room_before_writing_anything(
 
 def test_row09_six_good_and_four_bad_images_give_six_vectors_four_error_rows_and_the_ratio_is_enforced(
         sample_dir: Path, tmp_path: Path, encoder: Any, reranker: Any) -> None:
-    from indexer.builder import TEXT_ID_BASE, PublishRefusedError
+    from catalens.artifacts import TEXT_ID_BASE
+    from catalens.errors import PublishRefusedError
 
     good = [{**r, "image": r["image"].split("|")[0]} for r in absolute_rows(sample_dir / "catalog.csv")[:6]]
     jpeg = Path(good[0]["image"]).read_bytes()
@@ -1129,9 +1178,6 @@ def test_row19_index_build_stops_on_a_malformed_sqlite_file_with_one_line_and_ne
     assert artifacts.read_active(index_dir) == artifacts.read_active(sample_index.index_dir)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="`catalens serve` lets uvicorn print the startup traceback (exit 3): cli/main.py "
-                          "cmd_serve should run check_integrity (or create_searcher) before uvicorn.run")
 def test_row19_serve_stops_on_a_malformed_sqlite_file_with_one_line_and_never_replaces_it(
         corrupt_db_index: tuple[Path, str, int]) -> None:
     index_dir, digest, inode = corrupt_db_index

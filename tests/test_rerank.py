@@ -114,8 +114,8 @@ def test_features_are_stored_fp16_per_image_and_match_a_fresh_computation(
 def test_an_index_without_stored_features_reranks_by_decoding_to_the_same_order(
         sample_index: SampleIndex, encoder, reranker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from catalens.db import create_db_engine, create_session_factory
-    from indexer.builder import BuildOptions, build_index
     from indexer.embedder import Embedder
+    from indexer.runner import BuildOptions, build_index
     from retrieval.searcher import Searcher
 
     catalog = write_catalog_rows(tmp_path / "small.csv", sample_index.rows()[:60])
@@ -158,8 +158,8 @@ def test_captions_from_a_coca_reranker_are_stored_and_returned(
 
     from catalens.db import create_db_engine, create_session_factory
     from catalens.reranker import load_reranker
-    from indexer.builder import BuildOptions, build_index
     from indexer.embedder import Embedder
+    from indexer.runner import BuildOptions, build_index
     from retrieval.app import create_app
     from retrieval.searcher import Searcher
 

@@ -24,9 +24,10 @@ from hypothesis import HealthCheck, settings
 from tests.conftest import SampleIndex
 
 API_KEY = "schemathesis-admin-key"
-# Examples per operation and generation phase; the coverage phase adds its boundary cases on
-# top. 11 operations take about 60 s on 2 cores.
-MAX_EXAMPLES = 25
+# Examples per operation in the fuzzing phase (schemathesis' default); the coverage phase adds
+# its boundary cases on top. All 12 operations take ~20 s on 2 cores once the session's model
+# and index exist (more while a failure is being shrunk).
+MAX_EXAMPLES = 100
 
 
 class LateBoundApp:
@@ -67,6 +68,7 @@ def fuzzed_app(sample_index: SampleIndex, encoder: Any, reranker: Any,
 
     from catalens.config import Settings
     from catalens.db import create_db_engine, create_session_factory
+    from indexer.maintenance import IndexEditor
     from retrieval.app import create_app
     from retrieval.searcher import Searcher
 
@@ -75,7 +77,7 @@ def fuzzed_app(sample_index: SampleIndex, encoder: Any, reranker: Any,
     cfg = Settings(index_dir=index_dir, threads=1, api_key=API_KEY, max_upload_bytes=2 * 1024 * 1024)
     searcher = Searcher(cfg, create_session_factory(create_db_engine(cfg.db_url)), encoder, reranker=reranker)
     searcher.reload()
-    APP.target = create_app(cfg, searcher=searcher)
+    APP.target = create_app(cfg, searcher=searcher, editor=IndexEditor(cfg))
     yield APP.target
     shutdown_lifespans()  # stops the app's lifespan (its index watcher) that schemathesis started
     APP.target = None

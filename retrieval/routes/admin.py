@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from catalens.errors import ForbiddenError, UnauthorizedError
 from catalens.validation import attribute_problem, product_id_problem
 from retrieval.deps import EditorDep, SearcherDep, SettingsDep
-from retrieval.schemas import error_responses, require_finite
+from retrieval.schemas import Text, error_responses, require_finite
 
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <CATALENS_API_KEY>")
 _header_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="the server's CATALENS_API_KEY")
@@ -43,16 +43,16 @@ class ProductIn(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    product_id: str = Field(min_length=1, max_length=256)
-    title: str = Field(min_length=1, max_length=10_000)
-    description: str = Field(default="", max_length=100_000)
-    image: str | list[str] | None = Field(
+    product_id: Text = Field(min_length=1, max_length=256)
+    title: Text = Field(min_length=1, max_length=10_000)
+    description: Text = Field(default="", max_length=100_000)
+    image: Text | list[Text] | None = Field(
         default=None, description="http(s) URL, or a path inside the active catalog's folder or CATALENS_IMAGE_ROOTS "
                     "(relative to the catalog's folder); a list or '|'-separated for several")
-    category: str | None = None
-    brand: str | None = None
+    category: Text | None = None
+    brand: Text | None = None
     price: float | None = Field(default=None, ge=0, allow_inf_nan=False, strict=True)
-    currency: str | None = None
+    currency: Text | None = None
 
     _finite_price = field_validator("price")(require_finite)
 
@@ -96,7 +96,7 @@ class UpsertOut(BaseModel):
 class DeleteIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    ids: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(min_length=1, max_length=10_000)
+    ids: list[Annotated[Text, Field(min_length=1, max_length=256)]] = Field(min_length=1, max_length=10_000)
 
 
 class DeleteOut(BaseModel):

@@ -40,25 +40,13 @@ def image_mime_types() -> tuple[str, ...]:
     return tuple(sorted(Image.MIME[f] for f in ALLOWED_FORMATS - _NOT_ADVERTISED))
 
 
-def max_query_chars() -> int:
-    """The max_length TextSearchIn enforces on `query` (one definition: the schema's Field)."""
-    constant = getattr(schemas, "MAX_QUERY_CHARS", None)
-    if isinstance(constant, int):
-        return constant
-    field = schemas.TextSearchIn.model_fields["query"]
-    lengths = [m.max_length for m in field.metadata if getattr(m, "max_length", None) is not None]
-    if not lengths:
-        raise RuntimeError("TextSearchIn.query has no max_length")
-    return min(lengths)
-
-
 @router.get("/config", response_model=ConfigOut)
 def get_config(settings: SettingsDep, searcher: SearcherDep) -> ConfigOut:
     """Limits and options of this server, for clients that check input before sending it."""
     return ConfigOut(
         image_formats=list(image_mime_types()),
         max_upload_bytes=settings.max_upload_bytes,
-        max_query_chars=max_query_chars(),
+        max_query_chars=schemas.MAX_QUERY_CHARS,
         max_k=schemas.MAX_K,
         max_rerank_top_n=schemas.MAX_RERANK_TOP_N,
         reranker=searcher.reranker.reranker_id if searcher.reranker else None,

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from catalens.errors import IndexNotReadyError
 from retrieval.deps import NOT_READY_MESSAGE, MetricsDep, SearcherDep
 from retrieval.schemas import error_responses
 
@@ -23,7 +24,7 @@ def readyz(searcher: SearcherDep) -> JSONResponse:
     """Ready once an index version is loaded (503 until then)."""
     snap = searcher.current
     if snap is None:
-        return JSONResponse({"error": {"code": "index_not_ready", "message": NOT_READY_MESSAGE}}, status_code=503)
+        raise IndexNotReadyError(NOT_READY_MESSAGE)
     return JSONResponse({"status": "ready", "index_version": snap.version_id, "vectors": snap.images.ntotal})
 
 

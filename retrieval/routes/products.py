@@ -86,7 +86,7 @@ def product_image(product_id: str, searcher: SearcherDep, settings: SettingsDep,
         return FileResponse(thumb, media_type="image/jpeg",
                             headers={"Cache-Control": "public, max-age=86400", **IMAGE_HEADERS})
     if img.status == "ok":
-        full = _full_image(img.source, settings, catalog=searcher.snapshot.manifest.catalog)
+        full = _full_image(img.source, settings, images_root=searcher.snapshot.manifest.image_folder())
         if full is not None:
             return full
         if is_url(img.source) and thumb is not None:  # the source host is down or changed
@@ -100,11 +100,11 @@ def _thumbnail_path(settings: Settings, img: ProductImage) -> Path | None:
     return path if path is not None and path.is_file() else None
 
 
-def _full_image(source: str, settings: Settings, *, catalog: str) -> Response | None:
+def _full_image(source: str, settings: Settings, *, images_root: Path | None) -> Response | None:
     """The source's bytes as a response typed by their decoded format, or None if the policy
     refuses it, it is gone, or it is not an allowed image (any more)."""
     try:
-        data = read_stored_image(source, settings, catalog=catalog)
+        data = read_stored_image(source, settings, images_root=images_root)
         fmt = identify_format(data)
     except CatalensError as exc:
         LOG.info("full-size image not served: %s: %s", exc.code, exc.message)

@@ -1,0 +1,220 @@
+"""Runner: a build in stages, sync -> plan -> embed -> write -> publish, each one timed.
+
+Safe to kill and rerun: the embed stage resumes from the caches, the write stage stages a new
+version beside the active one, and only publish (an atomic pointer swap) changes what queries see.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from catalens import artifacts
+from catalens.config import Settings
+from catalens.db import Sessions, open_database
+from catalens.encoder import ClipEncoder, ModelSpec, load_clip
+from catalens.errors import CaptionUnsupportedError, CatalensError, InsufficientStorageError
+from catalens.reranker import load_reranker
+from indexer import publish
+from indexer.catalog import catalog_checksum, check_catalog_path
+from indexer.embedder import EmbedCounts, Embedder, embed_images, embed_texts
+from indexer.embedding_cache import Caches, EmbeddingCache, feature_cache, remove_partial_shards
+from indexer.lock import builder_lock
+from indexer.plan import build_roots, image_jobs, text_jobs
+from indexer.reader import ImageReader
+from indexer.sync import read_rows, record_row_errors, sync_products
+from indexer.writer import write_version
+
+LOG = logging.getLogger(__name__)
+# Merge the embedding cache's shards once a build leaves more than this many.
+COMPACT_SHARDS = 64
+STAGES = ("sync", "plan", "embed", "write", "publish")
+
+
+@dataclass
+class BuildSummary:
+    """What a build did, printed at the end and stored with the version."""
+
+    version_id: str | None
+    catalog: str
+    read: int = 0
+    indexed: int = 0
+    skipped: int = 0
+    deleted: int = 0
+    images_ok: int = 0
+    images_failed: int = 0
+    embedded: int = 0  # images run through the model
+    cached: int = 0  # images whose vector came from the embedding cache (no model time)
+    texts_embedded: int = 0  # distinct product texts run through the model
+    texts_cached: int = 0  # product texts whose vector came from the cache
+    vectors: int = 0
+    factory: str = ""
+    seconds: float = 0.0
+    errors_hint: str = ""
+    error_lines: list[str] = field(default_factory=list)
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (STAGES), for the benchmark
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["error_lines"] = self.error_lines[:20]
+        return data
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    catalog: Path
+    images_root: Path | None = None
+    strict: bool = False
+    factory: str | None = None
+    full: bool = True  # a full build: products absent from the catalog are deleted
+    progress: bool = True
+    keep: int = 3
+    caption: bool = False  # store a generated caption per image (needs a reranker that can caption)
+    # Images that failed in an earlier build are dead letters: read again only when their
+    # product is upserted, their source changes, or a build asks for it here.
+    retry_failed: bool = False
+
+
+@contextlib.contextmanager
+def timed(summary: BuildSummary, stage: str) -> Iterator[None]:
+    """Add the seconds spent in the block to summary.stages[stage]."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        summary.stages[stage] = round(summary.stages.get(stage, 0.0) + time.perf_counter() - t0, 4)
+
+
+def build_index(settings: Settings, options: BuildOptions, *, encoder: ClipEncoder | None = None,
+                embedder: Embedder | None = None) -> BuildSummary:
+    """Build a new index version from a catalog and make it active; safe to kill and rerun.
+
+    A full build syncs the whole catalog (products absent from it are deleted); an
+    incremental one (options.full=False) upserts its rows and reads only their images.
+    Either way only images and texts missing from the embedding cache reach the model.
+    """
+    start = time.monotonic()
+    check_catalog_path(options.catalog)
+    settings.index_dir.mkdir(parents=True, exist_ok=True)
+    with builder_lock(settings.index_dir):
+        artifacts.clean_staging(settings.index_dir)
+        artifacts.check_free_space(settings.index_dir, settings.min_free_bytes)  # 507 before any write
+        try:
+            artifacts.reserve_space(settings.index_dir)  # freed by a failed build to record its failure
+            engine, sessions = open_database(settings.db_url)
+            try:
+                return _build_locked(settings, options, sessions, encoder=encoder, embedder=embedder, start=start)
+            finally:
+                engine.dispose()
+        except Exception as exc:
+            if isinstance(exc, InsufficientStorageError) or not artifacts.is_disk_full(exc, settings.index_dir):
+                raise
+            reason = (str(exc) or type(exc).__name__).splitlines()[0][:300]
+            raise InsufficientStorageError(
+                f"the disk of {settings.index_dir} is full ({reason}); the build stopped, its staging files "
+                "were removed and the active index was not changed") from exc
+        finally:
+            artifacts.clean_staging(settings.index_dir)  # the reserve (a failed build has removed it already)
+
+
+def _build_locked(settings: Settings, options: BuildOptions, sessions: Sessions, *,
+                  encoder: ClipEncoder | None, embedder: Embedder | None, start: float) -> BuildSummary:
+    publish.fail_stale_builds(sessions)
+    encoder = encoder or load_clip(ModelSpec(settings.model, settings.pretrained), device=settings.device)
+    embedder = embedder or Embedder(encoder)
+    if embedder.reranker is None and (settings.rerank_features or options.caption):
+        embedder.reranker = load_reranker(settings.reranker, clip=encoder, device=encoder.device)
+    if options.caption and not (embedder.reranker and embedder.reranker.can_caption):
+        raise CaptionUnsupportedError(
+            f"--caption needs a reranker that can write captions (CATALENS_RERANKER=coca:...); "
+            f"{settings.reranker!r} cannot")
+    _set_threads(settings)
+    checksum = catalog_checksum(options.catalog) if options.catalog.is_file() else ""
+    version_id = publish.start(sessions, model_id=encoder.model_id, catalog=str(options.catalog), checksum=checksum)
+    summary = BuildSummary(version_id=version_id, catalog=str(options.catalog))
+    try:
+        manifest, cache = _run_stages(settings, options, sessions, encoder, embedder, summary, checksum=checksum)
+        summary.seconds = round(time.monotonic() - start, 2)
+        with timed(summary, "publish"):
+            publish.publish(settings, sessions, manifest, keep=options.keep, summary=summary.as_dict())
+    except BaseException as exc:
+        publish.fail(settings, sessions, version_id, exc)
+        raise
+    if len(list(cache.dir.glob("shard-*.npz"))) > COMPACT_SHARDS:
+        cache.compact()
+    return summary
+
+
+def _run_stages(settings: Settings, options: BuildOptions, sessions: Sessions, encoder: ClipEncoder,
+                embedder: Embedder, summary: BuildSummary, *, checksum: str) -> tuple[artifacts.Manifest, EmbeddingCache]:
+    """sync -> plan -> embed -> write; returns the staged, validated manifest (publish is the caller's)."""
+    version_id = summary.version_id or ""
+    with timed(summary, "sync"):
+        rows, errors, summary.read = read_rows(options.catalog, images_root=options.images_root, strict=options.strict)
+        summary.skipped, summary.indexed = len(errors), len(rows)
+        summary.error_lines.extend(str(e) for e in errors)
+        with sessions.begin() as session:
+            record_row_errors(session, version_id, errors)
+            summary.deleted = sync_products(session, rows, full=options.full)
+    with timed(summary, "plan"):
+        cache = EmbeddingCache(settings.index_dir / "embeddings", encoder.model_id)
+        remove_partial_shards(cache)
+        features = feature_cache(settings, embedder.reranker) if settings.rerank_features else None
+        if features is not None:
+            remove_partial_shards(features)
+        caches = Caches(cache, features)
+        scope = None if options.full else {r.product_id for r in rows}
+        jobs = image_jobs(sessions, caches, scope, caption=options.caption, retry_failed=options.retry_failed)
+        texts, summary.texts_cached = text_jobs(sessions, cache, scope=scope)
+    with timed(summary, "embed"):
+        counts = EmbedCounts()
+        reader = ImageReader(settings, images_root=options.images_root, preprocess=encoder.preprocess,
+                             image_size=encoder.image_size, is_cached=caches.has,
+                             rerank_preprocess=embedder.separate_rerank_preprocess(),
+                             roots=build_roots(settings, catalog=options.catalog, images_root=options.images_root,
+                                               full=options.full))
+        embed_images(jobs, reader, embedder, caches, sessions=sessions, version_id=version_id, counts=counts,
+                     batch_size=settings.batch_size, workers=settings.decode_workers, progress=options.progress)
+        embed_texts(texts, embedder, cache, counts, batch_size=settings.batch_size)
+        summary.images_ok, summary.images_failed = counts.images_ok, counts.images_failed
+        summary.embedded, summary.cached, summary.texts_embedded = counts.embedded, counts.cached, counts.texts_embedded
+        summary.error_lines.extend(counts.error_lines)
+    with timed(summary, "write"):
+        # The manifest names the catalog a later `rebuild` without --catalog re-reads: an
+        # incremental batch is not a whole catalog, so it keeps the one it was applied to.
+        own_root = str((options.images_root or options.catalog.parent).resolve())
+        base_catalog, base_checksum, base_root = (str(options.catalog.resolve()), checksum, own_root) \
+            if options.full else _base_catalog(settings, str(options.catalog.resolve()), checksum, own_root)
+        manifest = write_version(settings, sessions, cache, encoder.spec, encoder.dim, encoder.model_id,
+                                 version_id=version_id, features=features, images_root=base_root,
+                                 catalog=base_catalog, checksum=base_checksum, factory=options.factory)
+        summary.vectors, summary.factory = manifest.count, manifest.factory
+        if summary.skipped or summary.images_failed:
+            summary.errors_hint = f"catalens index errors --index-dir {settings.index_dir} --version {version_id}"
+        publish.check_failure_ratio(settings, images_ok=summary.images_ok, images_failed=summary.images_failed,
+                                    full=options.full)
+    return manifest, cache
+
+
+def _base_catalog(settings: Settings, catalog: str, checksum: str, images_root: str) -> tuple[str, str, str]:
+    """The catalog (and images root) an incremental batch applies to: the active version's."""
+    try:
+        active = artifacts.read_manifest(artifacts.active_version_path(settings.index_dir))
+    except CatalensError:
+        return catalog, checksum, images_root
+    folder = active.image_folder()
+    return active.catalog, active.catalog_checksum, str(folder) if folder else images_root
+
+
+def _set_threads(settings: Settings) -> None:
+    import faiss
+    import torch
+
+    threads = settings.torch_threads()
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
