@@ -2,38 +2,24 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-CATALENS = str(Path(sys.executable).parent / "catalens")
+from tests.support import SampleIndex
+
 SAMPLE_N = 400
 SAMPLE_SEED = 11
+E2E = Path(__file__).parent / "e2e"
 
 
-@dataclass
-class SampleIndex:
-    sample_dir: Path
-    index_dir: Path
-
-    @property
-    def catalog(self) -> Path:
-        return self.sample_dir / "catalog.csv"
-
-    def rows(self) -> list[dict[str, str]]:
-        with open(self.catalog, newline="") as fh:
-            return list(csv.DictReader(fh))
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """tests/e2e/ drives real processes (`catalens` commands, servers, Chromium): never in the fast tier."""
+    for item in items:
+        if E2E in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -112,75 +98,3 @@ def trusted_image_sources(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         env.setenv("CATALENS_IMAGE_ROOTS", json.dumps([str(tmp_path_factory.getbasetemp())]))
         env.setenv("CATALENS_URL_ALLOW", json.dumps(["127.0.0.1"]))
         yield
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run the installed `catalens` command in a subprocess, as a user would."""
-    full_env = {**os.environ, "CATALENS_THREADS": "1", **(env or {})}
-    return subprocess.run([CATALENS, *args], capture_output=True, text=True, env=full_env, timeout=timeout)
-
-
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen
-
-
-def start_server(index_dir: Path, *, env: dict[str, str] | None = None, log: Path | None = None) -> Server:
-    """`catalens serve` as a real process; returns once /readyz answers 200."""
-    port = free_port()
-    full_env = {**os.environ, "CATALENS_THREADS": "1", **(env or {})}
-    out = open(log, "w") if log else subprocess.DEVNULL
-    proc = subprocess.Popen([CATALENS, "serve", "--host", "127.0.0.1", "--port", str(port),
-                             "--index-dir", str(index_dir)], env=full_env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"catalens serve exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return Server(url, proc)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("catalens serve did not become ready in 120 s")
-
-
-def stop_server(server: Server) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(10)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-
-
-def tiny_coca_config(context_length: int = 16) -> dict:
-    """A small open_clip CoCa of the real class (no pretrained CoCa exists offline)."""
-    return {
-        "embed_dim": 32,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16,
-                       "attentional_pool": True, "attn_pooler_heads": 2, "attn_pooler_queries": 8,
-                       "output_tokens": True},
-        "text_cfg": {"context_length": context_length, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1,
-                     "embed_cls": True, "output_tokens": True},
-        "multimodal_cfg": {"context_length": context_length, "vocab_size": 49408, "width": 32, "heads": 2,
-                           "layers": 1, "attn_pooler_heads": 2},
-        "custom_text": True,
-    }
-
-
-def write_catalog_rows(path: Path, rows: list[dict[str, str]]) -> Path:
-    """A catalog CSV holding these sample rows (their image paths stay relative)."""
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path

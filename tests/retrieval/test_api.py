@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import SampleIndex
+from tests.support import SampleIndex
 
 
 def _attr(rows: list[dict[str, str]]) -> dict[str, dict[str, str]]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import SampleIndex, run_cli
+from tests.support import SampleIndex, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +83,38 @@ def test_cli_errors_are_one_line_with_nonzero_exit(tmp_path: Path, argv: list[st
     assert len(lines) == 1 and lines[0].startswith("catalens: error:") and needle in lines[0], result.stderr
 
 
-def test_every_command_has_help() -> None:
-    for argv in (["--help"], ["index", "build", "--help"], ["search", "text", "--help"], ["serve", "--help"],
-                 ["demo", "--help"], ["eval", "--help"], ["sample", "--help"], ["train-model", "--help"],
-                 ["db", "upgrade", "--help"], ["index", "errors", "--help"]):
-        result = run_cli(*argv)
-        assert result.returncode == 0 and "usage: catalens" in result.stdout, argv
+def command_paths(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """Every command of the tree built by cli.main (each package registers its own)."""
+    found = [(prefix, parser)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found += command_paths(sub, (*prefix, name))
+    return found
+
+
+def test_every_command_documents_each_of_its_flags_and_subcommands() -> None:
+    from cli.main import build_parser
+
+    paths = command_paths(build_parser())
+    leaves = [path for path, parser in paths if parser.get_default("handler") is not None]
+    assert {("index", "build"), ("search", "text"), ("serve",), ("demo",), ("eval",), ("sample",), ("train-model",),
+            ("db", "upgrade"), ("bench", "query")} <= set(leaves)
+    for path, parser in paths:
+        text = parser.format_help()
+        assert text.startswith(f"usage: catalens {' '.join(path)}".rstrip()), path
+        for action in parser._actions:
+            for flag in action.option_strings:
+                assert flag in text, (path, flag)
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action._choices_actions:
+                    assert sub.help, (path, sub.dest)  # a one-line description in the parent's listing
+
+
+def test_help_runs_as_a_process() -> None:
+    result = run_cli("index", "build", "--help")
+    assert result.returncode == 0 and result.stdout.startswith("usage: catalens index build")
+    assert "--images-root" in result.stdout and not result.stderr
 
 
 def test_eval_reports_every_query_set(sample_index: SampleIndex) -> None:

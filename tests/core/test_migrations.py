@@ -9,7 +9,7 @@ from sqlalchemy import inspect
 
 from catalens.db import create_db_engine, downgrade_database, upgrade_database
 from catalens.schema import Base
-from tests.conftest import run_cli
+from tests.support import run_cli
 
 
 @pytest.mark.reliability
@@ -35,6 +35,7 @@ def test_migrations_match_the_models(tmp_path: Path) -> None:
     assert diff == [], "a model changed without a migration: run alembic revision --autogenerate"
 
 
+@pytest.mark.slow
 def test_cli_db_upgrade_creates_the_schema_and_wal(tmp_path: Path) -> None:
     result = run_cli("db", "upgrade", "--index-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr

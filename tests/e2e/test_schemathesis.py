@@ -21,7 +21,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from tests.conftest import SampleIndex
+from tests.support import SampleIndex
 
 API_KEY = "schemathesis-admin-key"
 # Examples per operation in the fuzzing phase (schemathesis' default); the coverage phase adds

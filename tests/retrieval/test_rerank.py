@@ -10,12 +10,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from catalens import artifacts
 from catalens.config import Settings
 from catalens.images import decode_image
 from retrieval.searcher import Filters
-from tests.conftest import SampleIndex, run_cli, tiny_coca_config, write_catalog_rows
+from tests.support import SampleIndex, run_cli, tiny_coca_config, write_catalog_rows
 
 
 def _query(sample_index: SampleIndex) -> str:
@@ -140,6 +141,7 @@ def test_an_index_without_stored_features_reranks_by_decoding_to_the_same_order(
     assert np.allclose([h.rerank_score for h in a.hits], [h.rerank_score for h in b.hits], atol=0.02)
 
 
+@pytest.mark.slow
 def test_caption_with_a_reranker_that_cannot_caption_is_a_one_line_error(sample_index: SampleIndex,
                                                                          tmp_path: Path) -> None:
     result = run_cli("index", "build", "--catalog", str(sample_index.catalog), "--caption",
@@ -178,12 +180,23 @@ def test_captions_from_a_coca_reranker_are_stored_and_returned(
     assert summary.images_ok >= 6
     searcher = Searcher(settings, create_session_factory(create_db_engine(settings.db_url)), encoder, reranker=coca)
     with TestClient(create_app(settings, searcher=searcher)) as c:
-        product = c.get(f"/v1/products/{rows[0]['product_id']}").json()
-        assert all(isinstance(img["caption"], str) for img in product["images"])
+        # Each image's caption is the CoCa's own greedy caption of that image, stored at index time
+        # and served by the product route and with every search hit showing that image.
+        stored = {}
+        for row in rows:
+            product = c.get(f"/v1/products/{row['product_id']}").json()
+            for img in product["images"]:
+                assert img["caption"] and "<end_of_text>" not in img["caption"], img
+                stored[(row["product_id"], img["url"])] = img["caption"]
+        first = rows[0]["image"].split("|")[0]
+        pixels = coca.preprocess(Image.open(sample_index.sample_dir / first).convert("RGB"))
+        assert stored[(rows[0]["product_id"], f"/v1/products/{rows[0]['product_id']}/image?view=0")] == \
+            coca.caption(torch.stack([pixels]))[0]
         hits = c.post("/v1/search/text", json={"query": "red mug", "k": 3}).json()["results"]
-        assert all(isinstance(h["caption"], str) for h in hits)
+        assert hits and all(h["caption"] == stored[(h["product_id"], h["image_url"])] for h in hits)
 
 
+@pytest.mark.slow
 def test_eval_rerank_reports_every_set_with_and_without_and_keeps_plain_recall(sample_index: SampleIndex) -> None:
     result = run_cli("eval", "--index-dir", str(sample_index.index_dir), "--queries",
                      str(sample_index.sample_dir / "queries.jsonl"), "--rerank", "--json")

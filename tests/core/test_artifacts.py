@@ -12,7 +12,7 @@ import pytest
 from catalens import artifacts
 from catalens.config import Settings
 from catalens.errors import IndexArtifactError
-from tests.conftest import SampleIndex
+from tests.support import SampleIndex
 
 
 @pytest.fixture()

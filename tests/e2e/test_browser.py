@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import CATALENS, ROOT, SampleIndex, Server, free_port, start_server, stop_server
+from tests.support import CATALENS, ROOT, SampleIndex, Server, free_port, start_server, stop_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.is_file():

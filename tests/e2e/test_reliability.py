@@ -3,7 +3,7 @@
 Real components only: SQLite files, FAISS, the bundled model, real processes and real
 signals, a real full filesystem (an 8 MB tmpfs) for the disk-full row. The test a row
 points at is named `test_rowNN_...` and carries the `reliability` marker;
-test_every_reliability_row_has_a_test checks (by parsing tests/*.py) that all 26 rows have one.
+test_every_reliability_row_has_a_test checks (by parsing tests/**/test_*.py) that all 26 rows have one.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from PIL import Image
 
 from catalens import artifacts
 from catalens.config import Settings
-from tests.conftest import ROOT, SampleIndex, free_port, run_cli, start_server, stop_server, write_catalog_rows
+from tests.support import ROOT, SampleIndex, free_port, run_cli, start_server, stop_server, write_catalog_rows
 
 pytestmark = pytest.mark.reliability
 
@@ -157,7 +157,7 @@ def reliability_tests(tests_dir: Path) -> dict[int, list[str]]:
         if match and (marked or any(_is_reliability_mark(d) for d in func.decorator_list)):
             found.setdefault(int(match.group(1)), []).append(f"{path.name}::{owner}{func.name}")
 
-    for path in sorted(tests_dir.glob("*.py")):
+    for path in sorted(tests_dir.rglob("test_*.py")):
         tree = ast.parse(path.read_text(), filename=str(path))
         file_marked = _pytestmark(tree.body)
         for node in tree.body:

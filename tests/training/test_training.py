@@ -6,9 +6,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from catalens.encoder import ModelSpec, load_clip
-from tests.conftest import run_cli
+from tests.support import run_cli
+
+pytestmark = pytest.mark.slow  # runs `catalens` as a process
 
 
 def test_training_smoke_run_learns_and_its_weights_load(tmp_path: Path) -> None:

@@ -15,7 +15,9 @@ from types import SimpleNamespace
 import pytest
 
 from bench.index import BUILD_STAGES, build_phases
-from tests.conftest import run_cli
+from tests.support import run_cli
+
+pytestmark = pytest.mark.slow  # runs `catalens` as a process
 
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 STAGES = ("qps", "p50_ms", "p95_ms", "p99_ms", "errors")

@@ -24,7 +24,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import SampleIndex, free_port
+from tests.support import SampleIndex, free_port
 
 MB = 1024 * 1024
 # Every error code the API documents (README "HTTP API" and catalens/errors.py).

@@ -18,6 +18,8 @@ import pytest
 from catalens import artifacts
 from catalens.artifacts import TEXT_ID_BASE, FaissIndex
 
+pytestmark = pytest.mark.slow  # 100,000-vector indexes: the full suite, not the fast tier
+
 N = 100_000
 DIM = 64
 CLUSTERS = 256

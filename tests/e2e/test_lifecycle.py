@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -22,7 +21,19 @@ import pytest
 from PIL import Image
 
 from catalens import artifacts
-from tests.conftest import CATALENS, Server, run_cli, start_server, stop_server
+from tests.support import (
+    CATALENS,
+    Server,
+    absolute_images,
+    build_in_process,
+    image_search,
+    read_rows,
+    run_cli,
+    start_server,
+    stop_server,
+    text_search,
+    write_rows,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("trusted_image_sources")]
 
@@ -81,26 +92,6 @@ class GatedImageServer:
         self.server.server_close()
 
 
-def read_rows(catalog: Path) -> list[dict[str, str]]:
-    with open(catalog, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def write_rows(path: Path, rows: list[dict[str, str]]) -> Path:
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
-def absolute_images(rows: list[dict[str, str]], root: Path) -> list[dict[str, str]]:
-    """Rows whose image paths are absolute, so a catalog file can live in any folder."""
-    return [{**r, "image": "|".join(i if i.startswith("http") else str(root / i) for i in r["image"].split("|"))}
-            for r in rows]
-
-
 def cli_json(*args: str, env: dict[str, str] | None = None) -> Any:
     result = run_cli(*args, "--json", env=env)
     assert result.returncode == 0, result.stderr
@@ -148,15 +139,6 @@ def wait_for_version(server: Server, version: str, timeout: float = 30) -> None:
     raise AssertionError(f"server did not switch to {version} in {timeout} s")
 
 
-def build_in_process(index_dir: Path, catalog: Path, encoder: Any, **options: Any) -> Any:
-    """A setup build sharing the session's loaded model (the behaviour under test runs as processes)."""
-    from catalens.config import Settings
-    from indexer.runner import BuildOptions, build_index
-
-    settings = Settings(index_dir=index_dir, threads=1, batch_size=int(BATCH))
-    return build_index(settings, BuildOptions(catalog=catalog, progress=False, **options), encoder=encoder)
-
-
 def load_index_contents(index_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(sorted ids, their vectors) of both FAISS indexes of the active version."""
     from catalens import artifacts
@@ -167,19 +149,6 @@ def load_index_contents(index_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarr
         ids = np.sort(index.ids())
         out[name] = (ids, index.reconstruct(ids))
     return out
-
-
-def text_search(server: Server, query: str, k: int = 10) -> dict:
-    resp = httpx.post(f"{server.url}/v1/search/text", json={"query": query, "k": k}, timeout=30)
-    assert resp.status_code == 200, resp.text
-    return resp.json()
-
-
-def image_search(server: Server, path: Path, k: int = 10) -> dict:
-    resp = httpx.post(f"{server.url}/v1/search/image", files={"file": ("q.jpg", path.read_bytes(), "image/jpeg")},
-                      data={"k": str(k)}, timeout=30)
-    assert resp.status_code == 200, resp.text
-    return resp.json()
 
 
 class QueryLoad:

@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT, SampleIndex, Server, run_cli, start_server, stop_server
+from tests.support import ROOT, SampleIndex, Server, run_cli, start_server, stop_server
 
 SEED = 20240613
 API_KEY = "hostile-corpus-key"

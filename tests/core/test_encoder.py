@@ -9,11 +9,12 @@ import pytest
 
 from catalens.encoder import ModelSpec, bundled_models, load_clip
 from catalens.errors import ModelLoadError
+from tests.support import ROOT
 
 
 def test_bundled_model_is_listed_and_small() -> None:
     assert "catalens-demo" in bundled_models()
-    weights = Path(__file__).parent.parent / "catalens" / "weights" / "catalens-demo" / "model.safetensors"
+    weights = ROOT / "catalens" / "weights" / "catalens-demo" / "model.safetensors"
     assert weights.stat().st_size < 25 * 1024 * 1024
 
 

@@ -9,8 +9,17 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Server, start_server, stop_server
-from tests.test_lifecycle import absolute_images, build_in_process, image_search, read_rows, text_search, write_rows
+from tests.support import (
+    Server,
+    absolute_images,
+    build_in_process,
+    image_search,
+    read_rows,
+    start_server,
+    stop_server,
+    text_search,
+    write_rows,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("trusted_image_sources")]
 

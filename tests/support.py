@@ -1,0 +1,147 @@
+"""Helpers the test modules share (fixtures live in conftest.py); no test module imports another."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+CATALENS = str(Path(sys.executable).parent / "catalens")
+
+
+@dataclass
+class SampleIndex:
+    sample_dir: Path
+    index_dir: Path
+
+    @property
+    def catalog(self) -> Path:
+        return self.sample_dir / "catalog.csv"
+
+    def rows(self) -> list[dict[str, str]]:
+        with open(self.catalog, newline="") as fh:
+            return list(csv.DictReader(fh))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the installed `catalens` command in a subprocess, as a user would."""
+    full_env = {**os.environ, "CATALENS_THREADS": "1", **(env or {})}
+    return subprocess.run([CATALENS, *args], capture_output=True, text=True, env=full_env, timeout=timeout)
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+
+
+def start_server(index_dir: Path, *, env: dict[str, str] | None = None, log: Path | None = None) -> Server:
+    """`catalens serve` as a real process; returns once /readyz answers 200."""
+    port = free_port()
+    full_env = {**os.environ, "CATALENS_THREADS": "1", **(env or {})}
+    out = open(log, "w") if log else subprocess.DEVNULL
+    proc = subprocess.Popen([CATALENS, "serve", "--host", "127.0.0.1", "--port", str(port),
+                             "--index-dir", str(index_dir)], env=full_env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"catalens serve exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return Server(url, proc)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("catalens serve did not become ready in 120 s")
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+
+
+def tiny_coca_config(context_length: int = 16) -> dict:
+    """A small open_clip CoCa of the real class (no pretrained CoCa exists offline)."""
+    return {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16,
+                       "attentional_pool": True, "attn_pooler_heads": 2, "attn_pooler_queries": 8,
+                       "output_tokens": True},
+        "text_cfg": {"context_length": context_length, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1,
+                     "embed_cls": True, "output_tokens": True},
+        "multimodal_cfg": {"context_length": context_length, "vocab_size": 49408, "width": 32, "heads": 2,
+                           "layers": 1, "attn_pooler_heads": 2},
+        "custom_text": True,
+    }
+
+
+def write_catalog_rows(path: Path, rows: list[dict[str, str]]) -> Path:
+    """A catalog CSV holding these sample rows (their image paths stay relative)."""
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def read_rows(catalog: Path) -> list[dict[str, str]]:
+    with open(catalog, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def write_rows(path: Path, rows: list[dict[str, str]]) -> Path:
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def absolute_images(rows: list[dict[str, str]], root: Path) -> list[dict[str, str]]:
+    """Rows whose image paths are absolute, so a catalog file can live in any folder."""
+    return [{**r, "image": "|".join(i if i.startswith("http") else str(root / i) for i in r["image"].split("|"))}
+            for r in rows]
+
+
+def build_in_process(index_dir: Path, catalog: Path, encoder: Any, *, batch_size: int = 4, **options: Any) -> Any:
+    """A setup build sharing the session's loaded model (the behaviour under test runs as processes);
+    small batches, so the embedding cache gets a shard every few images."""
+    from catalens.config import Settings
+    from indexer.runner import BuildOptions, build_index
+
+    settings = Settings(index_dir=index_dir, threads=1, batch_size=batch_size)
+    return build_index(settings, BuildOptions(catalog=catalog, progress=False, **options), encoder=encoder)
+
+
+def text_search(server: Server, query: str, k: int = 10) -> dict:
+    resp = httpx.post(f"{server.url}/v1/search/text", json={"query": query, "k": k}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def image_search(server: Server, path: Path, k: int = 10) -> dict:
+    resp = httpx.post(f"{server.url}/v1/search/image", files={"file": ("q.jpg", path.read_bytes(), "image/jpeg")},
+                      data={"k": str(k)}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
