@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.machine import Log, machine_info, quiet, set_threads, utc_now
+from bench.machine import Log, machine_info, quiet, utc_now
 from bench.workload import CATALOG_SEED
-from catalens.config import Settings
+from catalens.config import Settings, set_threads
 
 RECALL_TARGET = 0.95
 FACTORIES = ("flat", "hnsw", "ivfsq8", "ivfpq")

@@ -66,15 +66,6 @@ def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def set_threads(threads: int) -> None:
-    """Torch and FAISS threads, set explicitly (never left to the libraries' defaults)."""
-    import faiss
-    import torch
-
-    torch.set_num_threads(threads)
-    faiss.omp_set_num_threads(threads)
-
-
 def model_slug(model: str) -> str:
     """A model or reranker name as a file-name part."""
     name = Path(model).name if ("/" in model or os.sep in model) else model

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.machine import BenchError, Log, machine_info, model_slug, quiet, set_threads, utc_now
+from bench.machine import BenchError, Log, machine_info, model_slug, quiet, utc_now
 from bench.workload import CATALOG_SEED, ensure_catalog, load_encoder, with_random_weights
-from catalens.config import Settings
+from catalens.config import Settings, set_threads
 from catalens.errors import CatalensError
 
 SCENARIOS = ("text", "text_uncached", "image", "similar", "text_rerank")

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from catalens.digests import file_sha256
 from catalens.errors import CatalensError, IndexArtifactError, IndexNotReadyError, InsufficientStorageError
 
 MANIFEST = "manifest.json"
@@ -87,7 +87,7 @@ class FaissIndex:
 
         return faiss
 
-    def __init__(self, index) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, index: Any) -> None:
         self.index = index
         # (ntotal, id of each row, sorted ids, row of each sorted id): built on first filtered search
         self._rows: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None
@@ -119,7 +119,7 @@ class FaissIndex:
         return cls(index)
 
     @staticmethod
-    def _ensure_direct_map(inner) -> None:  # type: ignore[no-untyped-def]
+    def _ensure_direct_map(inner: Any) -> None:
         """IVF rows can be reconstructed only through a direct map (row -> list slot); saved with the index.
 
         Not for IVF fast-scan: in faiss 1.15 reconstructing from one that was saved and
@@ -196,7 +196,7 @@ class FaissIndex:
             scores, found = self._filtered_search(inner, queries, k, rows)
         return scores, id_of_row[found]
 
-    def _filtered_search(self, inner, queries: np.ndarray, k: int,  # type: ignore[no-untyped-def]
+    def _filtered_search(self, inner: Any, queries: np.ndarray, k: int,
                          rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """FAISS's own search of the inner index, restricted by a selector over rows; never short."""
         faiss = FaissIndex._faiss()
@@ -215,8 +215,8 @@ class FaissIndex:
             return scores, found
         return self._exact_gather(inner, queries, k, rows)
 
-    def _hnsw_search(self, inner, queries: np.ndarray, k: int, rows: np.ndarray,  # type: ignore[no-untyped-def]
-                     sel) -> tuple[np.ndarray, np.ndarray]:
+    def _hnsw_search(self, inner: Any, queries: np.ndarray, k: int, rows: np.ndarray,
+                     sel: Any) -> tuple[np.ndarray, np.ndarray]:
         """The graph walk with the selector where it finds the matches, else exact search of the allowed rows.
 
         The walk keeps its efSearch best candidates, matching or not, and returns the matching
@@ -251,8 +251,8 @@ class FaissIndex:
             scores[exact], found[exact] = storage.search(queries[exact], k, params=faiss.SearchParameters(sel=sel))
         return scores, found
 
-    def _ivf_search(self, inner, queries: np.ndarray, k: int, rows: np.ndarray,  # type: ignore[no-untyped-def]
-                    sel) -> tuple[np.ndarray, np.ndarray]:
+    def _ivf_search(self, inner: Any, queries: np.ndarray, k: int, rows: np.ndarray,
+                    sel: Any) -> tuple[np.ndarray, np.ndarray]:
         """Probe the nearest lists until they hold allowed vectors in nprobe lists and IVF_CANDIDATES x k of them.
 
         Unfiltered, nprobe lists are searched; filtered, lists without an allowed vector add
@@ -277,7 +277,7 @@ class FaissIndex:
                 return scores, found
             nprobe = min(nlist, nprobe * 4)  # a quantizer whose order differs between searches
 
-    def _list_of_row(self, ivf) -> np.ndarray:  # type: ignore[no-untyped-def]
+    def _list_of_row(self, ivf: Any) -> np.ndarray:
         """The inverted list of every row of an IVF index (cached while ntotal is unchanged)."""
         faiss = FaissIndex._faiss()
 
@@ -298,7 +298,7 @@ class FaissIndex:
         self._lists = (self.ntotal, lists)
         return lists
 
-    def _selector(self, rows: np.ndarray):  # type: ignore[no-untyped-def]
+    def _selector(self, rows: np.ndarray) -> Any:
         faiss = FaissIndex._faiss()
 
         if len(rows) * self.BATCH_SELECTOR_RATIO < self.ntotal:
@@ -308,7 +308,7 @@ class FaissIndex:
         # IDSelectorBitmap tests bit (i & 7) of byte i >> 3: little-endian bit order.
         return faiss.IDSelectorBitmap(np.packbits(mask, bitorder="little"))
 
-    def _exact_gather(self, inner, queries: np.ndarray, k: int,  # type: ignore[no-untyped-def]
+    def _exact_gather(self, inner: Any, queries: np.ndarray, k: int,
                       rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Reconstruct the rows (in bounded chunks) and rank them by inner product: exact on the stored codes.
 
@@ -407,14 +407,6 @@ class RerankFeatures:
 
 def new_version_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from catalens.digests import file_sha256
 from catalens.errors import ModelLoadError
 
 LOG = logging.getLogger(__name__)
@@ -104,13 +105,7 @@ def load_clip(spec: ModelSpec, *, device: str = "auto", allow_random: bool = Fal
 
 def weights_digest(path: Path) -> str:
     """A short content hash, so retrained weights under the same name never reuse old vectors."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:12]
+    return file_sha256(path)[:12]
 
 
 @dataclass

@@ -63,14 +63,6 @@ class RowError:
         return f"{where}, field {self.field!r}: {self.message}" if self.field else f"{where}: {self.message}"
 
 
-def catalog_checksum(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def check_catalog_path(path: Path) -> str:
     """The catalog's format, or a CatalogError naming the file (checked before any model loads)."""
     fmt = FORMATS.get(path.suffix.lower())

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from catalens import artifacts
-from catalens.config import Settings
+from catalens.config import Settings, set_threads
 from catalens.db import Sessions, open_database
+from catalens.digests import file_sha256
 from catalens.encoder import ClipEncoder, ModelSpec, load_clip
 from catalens.errors import CaptionUnsupportedError, CatalensError, InsufficientStorageError
 from catalens.reranker import load_reranker
 from indexer import publish
-from indexer.catalog import catalog_checksum, check_catalog_path
+from indexer.catalog import check_catalog_path
 from indexer.embedder import EmbedCounts, Embedder, embed_images, embed_texts
 from indexer.embedding_cache import Caches, EmbeddingCache, feature_cache, remove_partial_shards
 from indexer.lock import builder_lock
@@ -133,8 +134,8 @@ def _build_locked(settings: Settings, options: BuildOptions, sessions: Sessions,
         raise CaptionUnsupportedError(
             f"--caption needs a reranker that can write captions (CATALENS_RERANKER=coca:...); "
             f"{settings.reranker!r} cannot")
-    _set_threads(settings)
-    checksum = catalog_checksum(options.catalog) if options.catalog.is_file() else ""
+    set_threads(settings.torch_threads())
+    checksum = file_sha256(options.catalog) if options.catalog.is_file() else ""
     version_id = publish.start(sessions, model_id=encoder.model_id, catalog=str(options.catalog), checksum=checksum)
     summary = BuildSummary(version_id=version_id, catalog=str(options.catalog))
     try:
@@ -209,12 +210,3 @@ def _base_catalog(settings: Settings, catalog: str, checksum: str, images_root: 
         return catalog, checksum, images_root
     folder = active.image_folder()
     return active.catalog, active.catalog_checksum, str(folder) if folder else images_root
-
-
-def _set_threads(settings: Settings) -> None:
-    import faiss
-    import torch
-
-    threads = settings.torch_threads()
-    torch.set_num_threads(threads)
-    faiss.omp_set_num_threads(threads)

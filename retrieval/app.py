@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from catalens import artifacts
-from catalens.config import Settings
+from catalens.config import Settings, set_threads
 from catalens.editing import CatalogEditor
 from catalens.errors import CatalensError
 from retrieval.limits import (
@@ -58,20 +58,15 @@ def body_limits(settings: Settings) -> tuple[list[BodyLimit], BodyLimit]:
 
 def create_searcher(settings: Settings) -> Searcher:
     """Load the model and open the database once per process (never per request)."""
-    from catalens.db import check_integrity, create_db_engine, create_session_factory, upgrade_database
+    from catalens.db import open_database
     from catalens.encoder import ModelSpec, load_clip
-
-    engine = create_db_engine(settings.db_url)
-    check_integrity(engine)
-    upgrade_database(settings.db_url)
-    encoder = load_clip(ModelSpec(settings.model, settings.pretrained), device=settings.device)
-    import torch
-
     from catalens.reranker import load_reranker
 
-    torch.set_num_threads(settings.torch_threads())
+    _, sessions = open_database(settings.db_url)
+    encoder = load_clip(ModelSpec(settings.model, settings.pretrained), device=settings.device)
+    set_threads(settings.torch_threads())
     reranker = load_reranker(settings.reranker, clip=encoder, device=encoder.device)
-    return Searcher(settings, create_session_factory(engine), encoder, reranker=reranker)
+    return Searcher(settings, sessions, encoder, reranker=reranker)
 
 
 def try_reload(searcher: Searcher) -> None:

@@ -216,7 +216,7 @@ def server_http_protocol() -> type | str:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Base
     except ImportError:  # no httptools: uvicorn uses h11
         try:
-            from uvicorn.protocols.http.h11_impl import H11Protocol as Base  # type: ignore[assignment]
+            from uvicorn.protocols.http.h11_impl import H11Protocol as Base  # type: ignore[assignment]  # uvicorn types the two protocols apart
         except ImportError:
             return "auto"
     if not callable(getattr(Base, "send_400_response", None)):
