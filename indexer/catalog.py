@@ -202,14 +202,13 @@ def parse_record(record: dict[str, Any], *, row: int, source: str) -> CatalogRow
         value = record.get(name)
         if isinstance(value, str) and (problem := text_problem(value)):
             return error(name, problem)
-    price = record.get("price")
-    if _blank(price):
-        price = None
-    else:
+    raw_price: Any = record.get("price")  # any cell value; float() says whether it is a number
+    price: float | None = None
+    if not _blank(raw_price):
         try:
-            price = float(price)  # type: ignore[arg-type]  # any cell value; float() says if it is a number
+            price = float(raw_price)
         except (TypeError, ValueError):
-            return error("price", f"not a number: {price!r}")
+            return error("price", f"not a number: {raw_price!r}")
         if not math.isfinite(price) or price < 0:
             return error("price", f"must be a number >= 0, got {price!r}")
     try:
