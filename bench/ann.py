@@ -17,6 +17,7 @@ import numpy as np
 
 from bench.machine import Log, machine_info, quiet, utc_now
 from bench.workload import CATALOG_SEED
+from catalens.artifacts import FaissIndex
 from catalens.config import Settings, set_threads
 
 RECALL_TARGET = 0.95
@@ -201,17 +202,8 @@ def measure_ann(settings: Settings, *, n: int = 1_000_000, dim: int = 512, queri
         for family, factory, sweep in families:
             log(f"{factory}: building")
             t0 = time.perf_counter()
-            # Exactly how Catalens builds its image index: IDMap2 around the factory, inner product.
-            index: Any = faiss.index_factory(dim, f"IDMap2,{factory}", faiss.METRIC_INNER_PRODUCT)
-            inner = faiss.downcast_index(index.index)
-            if hasattr(inner, "do_polysemous_training"):
-                # On by default for PQ: minutes of training for Hamming-filtered search we never use.
-                inner.do_polysemous_training = False
-            if not index.is_trained:
-                train_n = min(n, train_size)
-                pick = np.random.default_rng(seed + 3).choice(n, size=train_n, replace=False)
-                index.train(base[np.sort(pick)])
-            index.add_with_ids(base, ids)
+            # Catalens's own index construction (what a build writes), then the parameter sweep.
+            index: Any = FaissIndex.build(base, ids, factory=factory, train_size=train_size, seed=seed + 3).index
             build_s = time.perf_counter() - t0
             bytes_per_vector = _index_bytes(index, Path(tmp)) / n
             params_space = faiss.ParameterSpace()

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.machine import BenchError, Log, machine_info, quiet, utc_now
+from bench.machine import Log, machine_info, quiet, utc_now
 from bench.workload import CATALOG_SEED, catalog_images, ensure_catalog, load_encoder
 from catalens.config import Settings, set_threads
+from catalens.errors import BenchError
 
 # The stages a build reports in BuildSummary.stages (seconds each), in pipeline order.
 BUILD_STAGES = ("sync", "plan", "embed", "write", "publish")

@@ -12,15 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from catalens.errors import CatalensError
-
 DEFAULT_OUT = Path("bench-results")
 
 Log = Callable[[str], None]  # a progress line; never on stdout, which holds the result
-
-
-class BenchError(CatalensError):
-    code, http_status = "bench_failed", 500
 
 
 def quiet(message: str) -> None:

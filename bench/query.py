@@ -16,17 +16,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.machine import BenchError, Log, machine_info, model_slug, quiet, utc_now
+from bench.machine import Log, machine_info, model_slug, quiet, utc_now
 from bench.workload import CATALOG_SEED, ensure_catalog, load_encoder, with_random_weights
 from catalens.config import Settings, set_threads
-from catalens.errors import CatalensError
+from catalens.errors import BenchError, CatalensError
 
 SCENARIOS = ("text", "text_uncached", "image", "similar", "text_rerank")
 DRIVER = ("httpx.AsyncClient in the bench process (closed loop), server = `catalens serve` subprocess; "
@@ -108,54 +108,73 @@ class Scenario:
 # --- the server ------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def catalens_command() -> list[str]:
     """How to run `catalens`: the console script installed beside this interpreter, else the cli package."""
     script = Path(sys.executable).with_name("catalens")
     return [str(script)] if script.is_file() else [sys.executable, "-m", "cli.main"]
 
 
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_serve(index_dir: Path, *, flags: Sequence[str] = (), env: dict[str, str] | None = None,
+                log_path: Path | None = None, timeout: float = 120.0) -> tuple[str, subprocess.Popen[bytes]]:
+    """`catalens serve` on a free loopback port as its own process; (url, process) once /readyz is 200.
+
+    The one way benchmarks and tests start a server: a server that exits or is not ready in time
+    is killed and named in a BenchError (with the last line of its log).
+    """
+    import httpx
+
+    port = free_port()
+    cmd = [*catalens_command(), "serve", "--host", "127.0.0.1", "--port", str(port), "--index-dir", str(index_dir),
+           *flags]
+    # The child keeps its own copy of the log's descriptor; ours closes at once.
+    with open(log_path, "w") if log_path else contextlib.nullcontext(subprocess.DEVNULL) as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            tail = log_path.read_text()[-800:].strip().splitlines() if log_path else []
+            raise BenchError(f"catalens serve exited with {proc.returncode}: {tail[-1] if tail else ''}"
+                             + (f" (log: {log_path})" if log_path else ""))
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return url, proc
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise BenchError(f"catalens serve was not ready after {timeout}s" + (f" (log: {log_path})" if log_path else ""))
+        time.sleep(0.2)
+
+
+def stop_serve(proc: subprocess.Popen[bytes], *, grace_s: float = 15.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within grace_s."""
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextlib.contextmanager
 def serve_subprocess(settings: Settings, index_dir: Path, *, threads: int, log_path: Path,
                      timeout: float) -> Iterator[str]:
-    """`catalens serve` as a real process (its own interpreter); yields its URL once /readyz is 200."""
-    import httpx
-
-    port = _free_port()
-    cmd = [*catalens_command(), "serve", "--host", "127.0.0.1", "--port", str(port), "--index-dir", str(index_dir),
-           "--model", settings.model, "--threads", str(threads), "--device", settings.device]
+    """`catalens serve` for a benchmark: this model and thread count; yields its URL once ready."""
+    flags = ["--model", settings.model, "--threads", str(threads), "--device", settings.device]
     if settings.pretrained:
-        cmd += ["--pretrained", settings.pretrained]
-    env = {**os.environ, "CATALENS_THREADS": str(threads)}
-    with open(log_path, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
+        flags += ["--pretrained", settings.pretrained]
+    url, proc = start_serve(index_dir, flags=flags, env={"CATALENS_THREADS": str(threads)}, log_path=log_path,
+                            timeout=timeout)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                tail = log_path.read_text()[-800:].strip().splitlines()
-                raise BenchError(f"catalens serve exited with {proc.returncode}: {tail[-1] if tail else ''} "
-                                 f"(log: {log_path})")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise BenchError(f"catalens serve was not ready after {timeout}s (log: {log_path})")
-            time.sleep(0.2)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_serve(proc)
 
 
 def ensure_query_index(settings: Settings, catalog: Path, *, n: int, seed: int, rebuild: bool = False,

@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from bench.machine import BenchError, Log, machine_info, quiet, utc_now
+from bench.machine import Log, machine_info, quiet, utc_now
 from bench.workload import CATALOG_SEED
 from catalens.config import Settings, set_threads
+from catalens.errors import BenchError
 
 RERANK_DEFINITIONS = {
     "score_p50_ms": "one query against top_n candidates' stored features, one batched forward pass",

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import csv
 import os
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from bench.query import free_port as free_port  # re-exported: the tests' one way to pick a port
+from bench.query import start_serve, stop_serve
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALENS = str(Path(sys.executable).parent / "catalens")
@@ -32,12 +33,6 @@ class SampleIndex:
             return list(csv.DictReader(fh))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the installed `catalens` command in a subprocess, as a user would."""
     full_env = {**os.environ, "CATALENS_THREADS": "1", **(env or {})}
@@ -51,33 +46,13 @@ class Server:
 
 
 def start_server(index_dir: Path, *, env: dict[str, str] | None = None, log: Path | None = None) -> Server:
-    """`catalens serve` as a real process; returns once /readyz answers 200."""
-    port = free_port()
-    full_env = {**os.environ, "CATALENS_THREADS": "1", **(env or {})}
-    out = open(log, "w") if log else subprocess.DEVNULL
-    proc = subprocess.Popen([CATALENS, "serve", "--host", "127.0.0.1", "--port", str(port),
-                             "--index-dir", str(index_dir)], env=full_env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"catalens serve exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return Server(url, proc)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("catalens serve did not become ready in 120 s")
+    """`catalens serve` as a real process (one thread); returns once /readyz answers 200."""
+    url, process = start_serve(index_dir, env={"CATALENS_THREADS": "1", **(env or {})}, log_path=log)
+    return Server(url, process)
 
 
 def stop_server(server: Server) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(10)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
+    stop_serve(server.process, grace_s=10)
 
 
 def tiny_coca_config(context_length: int = 16) -> dict:

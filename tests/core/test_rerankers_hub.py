@@ -70,6 +70,7 @@ def coca_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
     path = out / "tiny-coca.json"
     path.write_text(json.dumps(config))
     open_clip.add_model_config(path)
+    torch.manual_seed(0)  # random weights, the same every run: a test must not depend on the draw
     model = open_clip.create_model("tiny-coca")
     torch.save({"state_dict": model.state_dict()}, out / "tiny-coca.pt")
     return path, out / "tiny-coca.pt"

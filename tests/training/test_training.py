@@ -54,7 +54,11 @@ def test_reranker_training_smoke_run_learns_and_its_weights_load(tmp_path: Path)
     features = reranker.image_features(pixels)
     # its own 8 x 8 grid, then the CLIP's 16 patch tokens and class token, all 64 channels wide
     assert features.shape == (3, 64 + 17, 64) and features.dtype == np.float16
-    assert reranker.reads_clip_tokens  # so the indexer takes vectors and features from one vision pass
+    # The indexer takes vectors and features from one vision pass of the same CLIP: equal to two passes.
+    both = reranker.features_with_vectors(reranker.clip, pixels)
+    assert both is not None and reranker.reads_pixels_of(reranker.clip)
+    assert np.allclose(both[0], reranker.clip.encode_pixels(pixels), atol=1e-5)
+    assert np.allclose(both[1].astype(np.float32), features.astype(np.float32), atol=1e-2)
     scores = reranker.score("red mug", features)
     assert scores.shape == (3,) and np.all((scores >= 0) & (scores <= 1))
 
