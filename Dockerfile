@@ -9,7 +9,10 @@ COPY pyproject.toml README.md ./
 COPY catalens ./catalens
 COPY indexer ./indexer
 COPY retrieval ./retrieval
+COPY sampledata ./sampledata
 COPY training ./training
+COPY bench ./bench
+COPY cli ./cli
 COPY migrations ./migrations
 RUN pip install .
 

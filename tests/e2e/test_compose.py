@@ -38,3 +38,12 @@ def test_every_service_command_parses_and_its_settings_exist() -> None:
         assert not unknown, f"{name}: settings Catalens does not read: {unknown}"
     assert services["api"]["command"][0] == "serve" and services["indexer"]["command"][:2] == ["index", "build"]
     assert (ROOT / "Dockerfile").is_file()
+
+
+def test_the_image_copies_every_package_the_project_installs() -> None:
+    import tomllib
+
+    packages = {pattern.rstrip("*") for pattern in
+                tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]}
+    copied = {line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")}
+    assert packages <= copied, f"the image would lack {sorted(packages - copied)}"
