@@ -24,7 +24,6 @@ from catalens.schema import Product, ProductImage
 from indexer import publish
 from indexer.catalog import CatalogRow, RowError, parse_record
 from indexer.embedding_cache import EmbeddingCache
-from indexer.lock import builder_lock
 from indexer.plan import active_images_root
 from indexer.runner import BuildOptions, BuildSummary, build_index
 from indexer.writer import write_version
@@ -38,9 +37,8 @@ def delete_products(settings: Settings, product_ids: list[str], *, keep: int = 3
     The DB flag hides them from every query at once (the query path drops deleted ids);
     the new version then drops their vectors. Nothing to delete -> no new version.
     """
-    with builder_lock(settings.index_dir):
+    with publish.guarded(settings, "delete"):
         manifest = artifacts.read_manifest(artifacts.active_version_path(settings.index_dir))
-        artifacts.clean_staging(settings.index_dir)
         engine, sessions = open_database(settings.db_url)
         try:
             publish.fail_stale_builds(sessions)

@@ -6,7 +6,9 @@ A version row is 'building' from start() until publish() marks it 'ready', or fa
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from sqlalchemy import select, update
@@ -14,8 +16,9 @@ from sqlalchemy import select, update
 from catalens import artifacts
 from catalens.config import Settings
 from catalens.db import Sessions, refresh_statistics
-from catalens.errors import PublishRefusedError
+from catalens.errors import InsufficientStorageError, PublishRefusedError
 from catalens.schema import IndexVersion
+from indexer.lock import builder_lock
 
 LOG = logging.getLogger(__name__)
 # An incremental batch smaller than this is never refused for its image failure ratio: one
@@ -37,6 +40,29 @@ def fail_stale_builds(sessions: Sessions) -> list[str]:
     if stale:
         LOG.warning("marked %d interrupted build(s) as failed: %s", len(stale), ", ".join(stale))
     return stale
+
+
+@contextlib.contextmanager
+def guarded(settings: Settings, what: str) -> Iterator[None]:
+    """Hold the builder lock around one change to the index (`what`: "build", "delete"), on a disk
+    that has room: stale staging cleared, free space checked (507 before any write), a reserve a
+    failed change frees to record its failure, and a full disk reported as one 507 line."""
+    settings.index_dir.mkdir(parents=True, exist_ok=True)
+    with builder_lock(settings.index_dir):
+        artifacts.clean_staging(settings.index_dir)
+        artifacts.check_free_space(settings.index_dir, settings.min_free_bytes)
+        try:
+            artifacts.reserve_space(settings.index_dir)
+            yield
+        except Exception as exc:
+            if isinstance(exc, InsufficientStorageError) or not artifacts.is_disk_full(exc, settings.index_dir):
+                raise
+            reason = (str(exc) or type(exc).__name__).splitlines()[0][:300]
+            raise InsufficientStorageError(
+                f"the disk of {settings.index_dir} is full ({reason}); the {what} stopped, its staging files "
+                "were removed and the active index was not changed") from exc
+        finally:
+            artifacts.clean_staging(settings.index_dir)  # the reserve (a failed change has removed it already)
 
 
 def start(sessions: Sessions, *, model_id: str, catalog: str, checksum: str) -> str:

@@ -19,13 +19,12 @@ from catalens.config import Settings, set_threads
 from catalens.db import Sessions, open_database
 from catalens.digests import file_sha256
 from catalens.encoder import ClipEncoder, ModelSpec, load_clip
-from catalens.errors import CaptionUnsupportedError, CatalensError, InsufficientStorageError
+from catalens.errors import CaptionUnsupportedError, CatalensError
 from catalens.reranker import load_reranker
 from indexer import publish
 from indexer.catalog import check_catalog_path
 from indexer.embedder import EmbedCounts, Embedder, embed_images, embed_texts
 from indexer.embedding_cache import Caches, EmbeddingCache, feature_cache, remove_partial_shards
-from indexer.lock import builder_lock
 from indexer.plan import build_roots, image_jobs, text_jobs
 from indexer.reader import ImageReader
 from indexer.sync import read_rows, record_row_errors, sync_products
@@ -101,26 +100,12 @@ def build_index(settings: Settings, options: BuildOptions, *, encoder: ClipEncod
     """
     start = time.monotonic()
     check_catalog_path(options.catalog)
-    settings.index_dir.mkdir(parents=True, exist_ok=True)
-    with builder_lock(settings.index_dir):
-        artifacts.clean_staging(settings.index_dir)
-        artifacts.check_free_space(settings.index_dir, settings.min_free_bytes)  # 507 before any write
+    with publish.guarded(settings, "build"):
+        engine, sessions = open_database(settings.db_url)
         try:
-            artifacts.reserve_space(settings.index_dir)  # freed by a failed build to record its failure
-            engine, sessions = open_database(settings.db_url)
-            try:
-                return _build_locked(settings, options, sessions, encoder=encoder, embedder=embedder, start=start)
-            finally:
-                engine.dispose()
-        except Exception as exc:
-            if isinstance(exc, InsufficientStorageError) or not artifacts.is_disk_full(exc, settings.index_dir):
-                raise
-            reason = (str(exc) or type(exc).__name__).splitlines()[0][:300]
-            raise InsufficientStorageError(
-                f"the disk of {settings.index_dir} is full ({reason}); the build stopped, its staging files "
-                "were removed and the active index was not changed") from exc
+            return _build_locked(settings, options, sessions, encoder=encoder, embedder=embedder, start=start)
         finally:
-            artifacts.clean_staging(settings.index_dir)  # the reserve (a failed build has removed it already)
+            engine.dispose()
 
 
 def _build_locked(settings: Settings, options: BuildOptions, sessions: Sessions, *,

@@ -1038,6 +1038,11 @@ def test_row08_preflight_refuses_a_build_without_room_before_writing_anything(
                                                                      "image": image}]},
                            headers={"X-API-Key": API_KEY})
         assert resp.status_code == 507 and error_of(resp) == "insufficient_storage", resp.text
+        # A delete is refused the same way, before the product is flagged: nothing is half-applied.
+        resp = client.post("/v1/admin/products/delete", json={"ids": [row["product_id"]]},
+                           headers={"X-API-Key": API_KEY})
+        assert resp.status_code == 507 and error_of(resp) == "insufficient_storage", resp.text
+        assert client.get(f"/v1/products/{row['product_id']}").status_code == 200
         assert client.post("/v1/search/text", json={"query": "red mug", "k": 3}).status_code == 200
     assert tree_state(index_dir) == before
 
