@@ -84,7 +84,7 @@ def build_phases(summary: Any, total_s: float) -> dict[str, float]:
     return {"build": total_s}
 
 
-def timed_embedder(encoder, reranker=None):  # type: ignore[no-untyped-def]
+def timed_embedder(encoder, reranker=None):
     """An Embedder that adds the seconds spent inside each model call to pixel_s or text_s."""
     from indexer.embedder import Embedder
 

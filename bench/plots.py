@@ -11,7 +11,7 @@ from bench.query import SCENARIOS, QueryBench
 from bench.rerank import RerankBench
 
 
-def _pyplot():  # type: ignore[no-untyped-def]
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")

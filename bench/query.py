@@ -313,25 +313,25 @@ def measure_query(settings: Settings, *, n: int, seed: int = CATALOG_SEED, concu
     zipf = ZipfQueries(pool, zipf_exponent, seed=seed)
     rng = random.Random(seed)
 
-    async def text_request(client):  # type: ignore[no-untyped-def]
+    async def text_request(client):
         return await client.post("/v1/search/text", json={"query": zipf(), "k": k})
 
-    async def text_unique_request(client):  # type: ignore[no-untyped-def]
+    async def text_unique_request(client):
         while True:  # a string never sent before: every request misses the server's embedding cache
             text = next(stream)
             if text not in zipf.sent:
                 break
         return await client.post("/v1/search/text", json={"query": text, "k": k})
 
-    async def rerank_request(client):  # type: ignore[no-untyped-def]
+    async def rerank_request(client):
         return await client.post("/v1/search/text", json={"query": zipf(), "k": k, "rerank": True})
 
-    async def image_request(client):  # type: ignore[no-untyped-def]
+    async def image_request(client):
         data = image_bytes[rng.randrange(len(image_bytes))]
         return await client.post("/v1/search/image", files={"file": ("query.jpg", data, "image/jpeg")},
                                  data={"k": str(k)})
 
-    async def similar_request(client):  # type: ignore[no-untyped-def]
+    async def similar_request(client):
         return await client.get(f"/v1/products/{product_ids[rng.randrange(len(product_ids))]}/similar",
                                 params={"k": k})
 

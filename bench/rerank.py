@@ -43,7 +43,7 @@ class RerankBench:
     created_at: str = field(default_factory=utc_now)
 
 
-def random_hub_reranker(name: str):  # type: ignore[no-untyped-def]
+def random_hub_reranker(name: str):
     """A hub reranker's real architecture with random weights (timing only: no hub here)."""
     import open_clip
 

@@ -58,7 +58,7 @@ def with_random_weights(settings: Settings, log: Log = quiet) -> Settings:
     return settings.model_copy(update={"pretrained": str(path)})
 
 
-def load_encoder(settings: Settings):  # type: ignore[no-untyped-def]
+def load_encoder(settings: Settings):
     """The CLIP the settings name; an open_clip name without pretrained weights loads a random init."""
     from catalens.encoder import ModelSpec, load_clip
 

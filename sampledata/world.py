@@ -225,4 +225,5 @@ def render_product(spec: ProductSpec, seed: int, size: int = CANVAS) -> Image.Im
 
 
 def _jitter_colour(rgb: tuple[int, int, int], rng: random.Random) -> tuple[int, int, int]:
-    return tuple(max(0, min(255, c + rng.randint(-14, 14))) for c in rgb)  # type: ignore[return-value]
+    r, g, b = (max(0, min(255, c + rng.randint(-14, 14))) for c in rgb)
+    return r, g, b

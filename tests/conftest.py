@@ -39,14 +39,14 @@ def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def encoder():  # type: ignore[no-untyped-def]
+def encoder():
     from catalens.encoder import ModelSpec, load_clip
 
     return load_clip(ModelSpec("catalens-demo"), device="cpu")
 
 
 @pytest.fixture(scope="session")
-def reranker(encoder):  # type: ignore[no-untyped-def]
+def reranker(encoder):
     """The bundled ITM reranker on the same loaded CLIP."""
     from catalens.reranker import load_reranker
 
@@ -54,7 +54,7 @@ def reranker(encoder):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
-def sample_index(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory, encoder, reranker) -> SampleIndex:  # type: ignore[no-untyped-def]
+def sample_index(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory, encoder, reranker) -> SampleIndex:
     from catalens.config import Settings
     from indexer.embedder import Embedder
     from indexer.runner import BuildOptions, build_index
@@ -67,7 +67,7 @@ def sample_index(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory, enc
 
 
 @pytest.fixture(scope="session")
-def searcher(sample_index: SampleIndex, encoder, reranker):  # type: ignore[no-untyped-def]
+def searcher(sample_index: SampleIndex, encoder, reranker):
     from catalens.config import Settings
     from catalens.db import create_db_engine, create_session_factory
     from retrieval.searcher import Searcher
@@ -79,7 +79,7 @@ def searcher(sample_index: SampleIndex, encoder, reranker):  # type: ignore[no-u
 
 
 @pytest.fixture(scope="session")
-def client(sample_index: SampleIndex, searcher) -> Iterator:  # type: ignore[no-untyped-def]
+def client(sample_index: SampleIndex, searcher) -> Iterator:
     from fastapi.testclient import TestClient
 
     from retrieval.app import create_app

@@ -153,7 +153,7 @@ def evaluate_in_memory(model, preprocess, tokenizer, *, n_products: int, seed: i
     return results
 
 
-def jpeg_roundtrip(img):  # type: ignore[no-untyped-def]
+def jpeg_roundtrip(img):
     """The image as the catalog stores it: saved as JPEG (quality 90) and decoded again."""
     from PIL import Image
 
@@ -163,7 +163,7 @@ def jpeg_roundtrip(img):  # type: ignore[no-untyped-def]
     return Image.open(buf).convert("RGB")
 
 
-def encode_images(model, pixels, batch: int = 256):  # type: ignore[no-untyped-def]
+def encode_images(model, pixels, batch: int = 256):
     """Normalised CLIP image embeddings of preprocessed pixels, in batches."""
     import torch
 

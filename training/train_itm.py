@@ -150,7 +150,7 @@ def _log_to(path: Path) -> logging.Handler:
     return handler
 
 
-def _normalised(images: np.ndarray):  # type: ignore[no-untyped-def]
+def _normalised(images: np.ndarray):
     """uint8 (n, H, W, 3) images -> float (n, 3, H, W), normalised as the CLIP expects."""
     import open_clip
     import torch
@@ -173,7 +173,7 @@ def _captions(specs: list[world.ProductSpec], groups: list[list[int]], batch_siz
     return captions, families
 
 
-def _mine(sims, per_caption: int, rng: random.Random, top: int = 20) -> list[list[int]]:  # type: ignore[no-untyped-def]
+def _mine(sims, per_caption: int, rng: random.Random, top: int = 20) -> list[list[int]]:
     """Per caption, `per_caption` images drawn from the frozen CLIP's top `top` for it."""
     if per_caption <= 0:
         return [[] for _ in range(len(sims))]
@@ -222,7 +222,7 @@ def _pairs(specs: list[world.ProductSpec], captions: list[Caption], families: li
     return text_idx, image_idx, labels
 
 
-def evaluate_reranking(clip, head, *, n_products: int, top_n: int = 20, seed: int = EVAL_SEED,  # type: ignore[no-untyped-def]
+def evaluate_reranking(clip, head, *, n_products: int, top_n: int = 20, seed: int = EVAL_SEED,
                        weights: tuple[float, ...] = FUSION_WEIGHTS) -> dict:
     """Text query sets of a held-out catalog: CLIP order vs the top_n reranked (best image per product).
 

@@ -53,7 +53,7 @@ def test_version_without_manifest_is_incomplete(index_copy: Path) -> None:
 
 
 @pytest.mark.reliability
-def test_row16_service_refuses_an_index_built_with_another_model(index_copy: Path, encoder) -> None:  # type: ignore[no-untyped-def]
+def test_row16_service_refuses_an_index_built_with_another_model(index_copy: Path, encoder) -> None:
     from catalens.db import create_db_engine, create_session_factory
     from retrieval.searcher import load_snapshot
 
@@ -68,7 +68,7 @@ def test_row16_service_refuses_an_index_built_with_another_model(index_copy: Pat
         load_snapshot(settings, sessions, encoder)
 
 
-def test_a_failed_reload_keeps_serving_the_current_version(index_copy: Path, encoder) -> None:  # type: ignore[no-untyped-def]
+def test_a_failed_reload_keeps_serving_the_current_version(index_copy: Path, encoder) -> None:
     from catalens.db import create_db_engine, create_session_factory
     from retrieval.searcher import Filters, Searcher
 

@@ -18,7 +18,7 @@ def test_bundled_model_is_listed_and_small() -> None:
     assert weights.stat().st_size < 25 * 1024 * 1024
 
 
-def test_embeddings_are_normalised_float32(encoder) -> None:  # type: ignore[no-untyped-def]
+def test_embeddings_are_normalised_float32(encoder) -> None:
     from PIL import Image
 
     texts = encoder.encode_texts(["red mug", "a blue striped sofa with yellow stripes"])
@@ -28,7 +28,7 @@ def test_embeddings_are_normalised_float32(encoder) -> None:  # type: ignore[no-
         assert np.allclose(np.linalg.norm(arr, axis=1), 1.0, atol=1e-5)
 
 
-def test_unpadded_text_tower_equals_the_padded_path(encoder) -> None:  # type: ignore[no-untyped-def]
+def test_unpadded_text_tower_equals_the_padded_path(encoder) -> None:
     texts = ["mug", "red mug", "navy blue checkered table with orange check squares", "x " * 40]
     assert np.allclose(encoder.encode_texts(texts), encoder.encode_texts_padded(texts), atol=1e-5)
 
@@ -50,7 +50,7 @@ def test_unknown_models_and_files_are_model_load_errors(spec: ModelSpec) -> None
         load_clip(spec)
 
 
-def test_local_checkpoint_file_loads_through_the_same_loader(tmp_path: Path, encoder) -> None:  # type: ignore[no-untyped-def]
+def test_local_checkpoint_file_loads_through_the_same_loader(tmp_path: Path, encoder) -> None:
     from safetensors.torch import save_file
 
     from catalens.encoder import BUNDLED_DIR
@@ -63,7 +63,7 @@ def test_local_checkpoint_file_loads_through_the_same_loader(tmp_path: Path, enc
     assert np.allclose(other.encode_texts(["red mug"]), encoder.encode_texts(["red mug"]), atol=1e-5)
 
 
-def test_one_vision_pass_gives_the_clip_embedding_and_the_reranker_tokens(encoder) -> None:  # type: ignore[no-untyped-def]
+def test_one_vision_pass_gives_the_clip_embedding_and_the_reranker_tokens(encoder) -> None:
     import torch
     from PIL import Image
 

@@ -52,7 +52,7 @@ def browser() -> Iterator:
         b.close()
 
 
-def open_page(browser, url: str, *, width: int = 1280, height: int = 900):  # type: ignore[no-untyped-def]
+def open_page(browser, url: str, *, width: int = 1280, height: int = 900):
     context = browser.new_context(viewport={"width": width, "height": height}, base_url=url)
     page = context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
@@ -65,7 +65,7 @@ def open_page(browser, url: str, *, width: int = 1280, height: int = 900):  # ty
 
 
 @pytest.fixture
-def page(browser, server: Server) -> Iterator:  # type: ignore[no-untyped-def]
+def page(browser, server: Server) -> Iterator:
     page = open_page(browser, server.url)
     page.wait_for_selector("#facet-category input[type=checkbox]", state="attached")
     yield page
@@ -76,21 +76,21 @@ def page(browser, server: Server) -> Iterator:  # type: ignore[no-untyped-def]
 
 # ---------- helpers ----------
 
-def seq(page) -> int:  # type: ignore[no-untyped-def]
+def seq(page) -> int:
     return int(page.get_attribute("#results", "data-seq") or 0)
 
 
-def wait_search(page, after: int) -> str:  # type: ignore[no-untyped-def]
+def wait_search(page, after: int) -> str:
     """Wait for the search started after `after` to be rendered; returns the results' state."""
     page.wait_for_function("n => Number(document.querySelector('#results').dataset.seq) > n", arg=after)
     return page.get_attribute("#results", "data-state") or ""
 
 
-def cards(page) -> list[dict[str, str]]:  # type: ignore[no-untyped-def]
+def cards(page) -> list[dict[str, str]]:
     return page.eval_on_selector_all("#results .card", "els => els.map(e => ({...e.dataset}))")
 
 
-def wait_images(page, n: int) -> None:  # type: ignore[no-untyped-def]
+def wait_images(page, n: int) -> None:
     """The first n card thumbnails are loaded and decoded (naturalWidth > 0)."""
     page.wait_for_function(
         """n => {
@@ -99,11 +99,11 @@ def wait_images(page, n: int) -> None:  # type: ignore[no-untyped-def]
         }""", arg=n)
 
 
-def shot(page, name: str) -> None:  # type: ignore[no-untyped-def]
+def shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
-def text_search(page, query: str) -> list[dict[str, str]]:  # type: ignore[no-untyped-def]
+def text_search(page, query: str) -> list[dict[str, str]]:
     before = seq(page)
     page.fill("#q", query)
     page.press("#q", "Enter")
@@ -117,7 +117,7 @@ def first_image(sample: SampleIndex, row: dict[str, str]) -> Path:
 
 # ---------- scenarios ----------
 
-def test_search_as_you_type_shows_matching_cards_with_images(page, server: Server) -> None:  # type: ignore[no-untyped-def]
+def test_search_as_you_type_shows_matching_cards_with_images(page, server: Server) -> None:
     searches: list[str] = []
     page.on("request", lambda r: searches.append(r.url) if r.url.endswith("/v1/search/text") else None)
     before = seq(page)
@@ -143,7 +143,7 @@ def test_search_as_you_type_shows_matching_cards_with_images(page, server: Serve
     assert api["results"][0]["title"] in first.inner_text()
 
 
-def test_details_dialog_by_keyboard(page, sample_index: SampleIndex) -> None:  # type: ignore[no-untyped-def]
+def test_details_dialog_by_keyboard(page, sample_index: SampleIndex) -> None:
     found = text_search(page, "striped t-shirt")
     product_id = found[0]["productId"]
     row = next(r for r in sample_index.rows() if r["product_id"] == product_id)
@@ -168,7 +168,7 @@ def test_details_dialog_by_keyboard(page, sample_index: SampleIndex) -> None:  #
     assert page.evaluate("document.activeElement.classList.contains('card-open')"), "focus did not return to the card"
 
 
-def test_image_upload_finds_its_product_first(page, sample_index: SampleIndex) -> None:  # type: ignore[no-untyped-def]
+def test_image_upload_finds_its_product_first(page, sample_index: SampleIndex) -> None:
     row = sample_index.rows()[7]
     before = seq(page)
     page.set_input_files("#image-input", str(first_image(sample_index, row)))
@@ -181,7 +181,7 @@ def test_image_upload_finds_its_product_first(page, sample_index: SampleIndex) -
     shot(page, "image-search")
 
 
-def test_drop_and_paste_an_image(page, sample_index: SampleIndex) -> None:  # type: ignore[no-untyped-def]
+def test_drop_and_paste_an_image(page, sample_index: SampleIndex) -> None:
     rows = sample_index.rows()
     for how, row in (("drop", rows[11]), ("paste", rows[12])):
         data = base64.b64encode(first_image(sample_index, row).read_bytes()).decode()
@@ -207,7 +207,7 @@ def test_drop_and_paste_an_image(page, sample_index: SampleIndex) -> None:  # ty
             assert overlay is True and page.is_hidden("#drop-overlay")
 
 
-def test_filters_are_honoured(page, sample_index: SampleIndex) -> None:  # type: ignore[no-untyped-def]
+def test_filters_are_honoured(page, sample_index: SampleIndex) -> None:
     text_search(page, "red")
     category = "mug"
     before = seq(page)
@@ -235,7 +235,7 @@ def test_filters_are_honoured(page, sample_index: SampleIndex) -> None:  # type:
     shot(page, "filter-empty")
 
 
-def test_rerank_toggle_reranks_and_says_so(page, sample_index: SampleIndex) -> None:  # type: ignore[no-untyped-def]
+def test_rerank_toggle_reranks_and_says_so(page, sample_index: SampleIndex) -> None:
     row = next(r for r in sample_index.rows() if r["pattern"] == "striped")
     query = f"{row['main_colour']} {row['category']} with {row['secondary_colour']} stripes"
     plain = text_search(page, query)
@@ -253,7 +253,7 @@ def test_rerank_toggle_reranks_and_says_so(page, sample_index: SampleIndex) -> N
     shot(page, "rerank")
 
 
-def test_more_like_this(page) -> None:  # type: ignore[no-untyped-def]
+def test_more_like_this(page) -> None:
     found = text_search(page, "blue vase")
     source = found[0]["productId"]
     title = page.locator("#results .card-open").first.inner_text()
@@ -267,7 +267,7 @@ def test_more_like_this(page) -> None:  # type: ignore[no-untyped-def]
     shot(page, "more-like-this")
 
 
-def test_bad_upload_shows_a_readable_error(page, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_bad_upload_shows_a_readable_error(page, tmp_path: Path) -> None:
     fake = tmp_path / "holiday.jpg"
     fake.write_text("this is a text file, not a photo\n" * 20)
     before = seq(page)
@@ -281,7 +281,7 @@ def test_bad_upload_shows_a_readable_error(page, tmp_path: Path) -> None:  # typ
     shot(page, "bad-upload")
 
 
-def test_phone_width(browser, server: Server) -> None:  # type: ignore[no-untyped-def]
+def test_phone_width(browser, server: Server) -> None:
     page = open_page(browser, server.url, width=375, height=812)
     try:
         page.fill("#q", "green shoe")
@@ -299,7 +299,7 @@ def test_phone_width(browser, server: Server) -> None:  # type: ignore[no-untype
         page.context.close()
 
 
-def test_no_index_shows_a_readable_message(browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_no_index_shows_a_readable_message(browser, tmp_path: Path) -> None:
     """A server without a published index answers 503; the page explains what to do."""
     port = free_port()
     proc = subprocess.Popen([CATALENS, "serve", "--host", "127.0.0.1", "--port", str(port),
@@ -339,7 +339,7 @@ def test_no_index_shows_a_readable_message(browser, tmp_path: Path) -> None:  # 
 
 
 
-def test_page_takes_its_limits_from_the_server(page, server: Server, sample_index: SampleIndex) -> None:  # type: ignore[no-untyped-def]
+def test_page_takes_its_limits_from_the_server(page, server: Server, sample_index: SampleIndex) -> None:
     """The file input's accept, the query's maxlength and the k choices come from GET /v1/config,
     and change with it: nothing is copied into the page by hand. (tests/test_config_route.py
     checks that /v1/config follows the server's settings.)"""

@@ -78,7 +78,7 @@ def test_missing_catalog_file(tmp_path: Path) -> None:
     ("a.jpg", ("a.jpg",)), ("a.jpg | b.jpg", ("a.jpg", "b.jpg")), ('["x.png"]', ("x.png",)),
     (["u", "v"], ("u", "v")), ("", ()), (None, ()),
 ])
-def test_image_cells(cell, expected) -> None:  # type: ignore[no-untyped-def]
+def test_image_cells(cell, expected) -> None:
     assert parse_images(cell) == expected
 
 

@@ -158,7 +158,7 @@ def test_health_ready_and_metrics(client) -> None:
 # --- every documented error, produced by its bad input -------------------------------------
 
 
-def _error(resp, status: int, code: str) -> None:  # type: ignore[no-untyped-def]
+def _error(resp, status: int, code: str) -> None:
     assert resp.status_code == status, resp.text
     assert resp.json()["error"]["code"] == code
     assert resp.json()["error"]["message"]
@@ -214,7 +214,7 @@ def test_oversized_chunked_upload_without_length_is_413(client) -> None:
     head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"q.jpg\"\r\n"
             "Content-Type: image/jpeg\r\n\r\n").encode()
 
-    def body():  # type: ignore[no-untyped-def]
+    def body():
         yield head
         for _ in range(64):
             yield b"0" * 65536
@@ -240,7 +240,7 @@ def test_disallowed_format_is_415(client) -> None:
            415, "unsupported_image")
 
 
-def test_no_index_yet_is_503(tmp_path: Path, encoder) -> None:  # type: ignore[no-untyped-def]
+def test_no_index_yet_is_503(tmp_path: Path, encoder) -> None:
     from fastapi.testclient import TestClient
 
     from catalens.config import Settings

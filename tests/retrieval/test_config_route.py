@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 
-def config_client(searcher, **overrides) -> TestClient:  # type: ignore[no-untyped-def]
+def config_client(searcher, **overrides) -> TestClient:
     """An app of our own with these settings (the session `client` is started already)."""
     from retrieval.app import create_app
 
@@ -17,12 +17,12 @@ def config_client(searcher, **overrides) -> TestClient:  # type: ignore[no-untyp
 
 
 @pytest.fixture(scope="module")
-def config_api(searcher) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+def config_api(searcher) -> Iterator[TestClient]:
     with config_client(searcher, max_upload_bytes=3 * 1024 * 1024) as c:
         yield c
 
 
-def test_config_says_what_the_server_enforces(config_api: TestClient, searcher) -> None:  # type: ignore[no-untyped-def]
+def test_config_says_what_the_server_enforces(config_api: TestClient, searcher) -> None:
     from retrieval.schemas import MAX_K, MAX_RERANK_TOP_N
 
     resp = config_api.get("/v1/config")

@@ -95,7 +95,7 @@ def _serve(app: Any, **config: Any) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def live_url(searcher) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def live_url(searcher) -> Iterator[str]:
     """The real app on a real socket, sharing the session's loaded model."""
     from retrieval.app import create_app
 
@@ -116,7 +116,7 @@ def _raw_http(url: str, request: bytes) -> bytes:
 
 
 @pytest.fixture()
-def small_limits_client(searcher) -> Iterator:  # type: ignore[no-untyped-def]
+def small_limits_client(searcher) -> Iterator:
     """The app with small, distinct limits per route family, so each limit is told apart."""
     from fastapi.testclient import TestClient
 
@@ -128,7 +128,7 @@ def small_limits_client(searcher) -> Iterator:  # type: ignore[no-untyped-def]
         yield c
 
 
-def _empty_searcher(index_dir: Path, encoder: Any, **settings: Any):  # type: ignore[no-untyped-def]
+def _empty_searcher(index_dir: Path, encoder: Any, **settings: Any):
     from catalens.config import Settings
     from catalens.db import create_db_engine, create_session_factory, upgrade_database
     from retrieval.searcher import Searcher
@@ -139,7 +139,7 @@ def _empty_searcher(index_dir: Path, encoder: Any, **settings: Any):  # type: ig
 
 
 @pytest.fixture()
-def no_index_client(tmp_path: Path, encoder) -> Iterator:  # type: ignore[no-untyped-def]
+def no_index_client(tmp_path: Path, encoder) -> Iterator:
     from fastapi.testclient import TestClient
 
     from retrieval.app import create_app
@@ -150,7 +150,7 @@ def no_index_client(tmp_path: Path, encoder) -> Iterator:  # type: ignore[no-unt
 
 
 @pytest.fixture()
-def admin_client(tmp_path: Path, encoder) -> Iterator:  # type: ignore[no-untyped-def]
+def admin_client(tmp_path: Path, encoder) -> Iterator:
     """Admin routes on (with a key) over an empty index folder of this test's own."""
     from fastapi.testclient import TestClient
 
@@ -235,7 +235,7 @@ def test_row23_huge_json_is_a_fast_413_and_deep_nesting_is_422(live_url: str, sa
 # --- finding 5: a body limit on every route ---------------------------------------------------
 
 
-def test_each_route_family_has_its_own_body_limit(small_limits_client, sample_index: SampleIndex) -> None:  # type: ignore[no-untyped-def]
+def test_each_route_family_has_its_own_body_limit(small_limits_client, sample_index: SampleIndex) -> None:
     c = small_limits_client
     padded = '{"query": "mug", "k": 3' + " " * 3000 + "}"
     message = _error(c.post("/v1/search/text", content=padded, headers={"content-type": "application/json"}),
@@ -260,7 +260,7 @@ def test_each_route_family_has_its_own_body_limit(small_limits_client, sample_in
     assert "20,000" in message and "CATALENS_MAX_UPLOAD_BYTES" in message
 
 
-def test_declared_length_over_the_limit_is_refused_without_reading(small_limits_client) -> None:  # type: ignore[no-untyped-def]
+def test_declared_length_over_the_limit_is_refused_without_reading(small_limits_client) -> None:
     resp = small_limits_client.post("/v1/search/text", content=b'{"query": "mug"}',
                                     headers={"content-type": "application/json", "content-length": "5000000"})
     _error(resp, 413, "payload_too_large")
@@ -270,14 +270,14 @@ def test_declared_length_over_the_limit_is_refused_without_reading(small_limits_
 
 
 @pytest.mark.parametrize("values", [["abc"], ["-5"], ["+16"], ["16, 16"], ["16", "16"], ["1 6"], ["0x10"], [""]])
-def test_malformed_content_length_is_400(client, values: list[str]) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_content_length_is_400(client, values: list[str]) -> None:
     headers = [("content-type", "application/json")] + [("content-length", v) for v in values]
     resp = client.post("/v1/search/text", content=b'{"query": "mug"}', headers=headers)
     assert "Content-Length" in _error(resp, 400, "bad_request")
 
 
 @pytest.mark.parametrize("length", [b"abc", b"-5", b"5, 5", b"5\r\nContent-Length: 5"])
-def test_malformed_content_length_over_a_socket_is_400_in_the_error_shape(searcher, length: bytes) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_content_length_over_a_socket_is_400_in_the_error_shape(searcher, length: bytes) -> None:
     """uvicorn itself refuses these before the app runs; `catalens serve` runs it with a protocol
     class that answers in the documented shape (plain text "Invalid HTTP request received." before)."""
     from retrieval.app import create_app
@@ -295,7 +295,7 @@ def test_malformed_content_length_over_a_socket_is_400_in_the_error_shape(search
     assert error["code"] == "bad_request" and "Content-Length" in error["message"]
 
 
-def test_body_limits_leave_normal_requests_alone(client) -> None:  # type: ignore[no-untyped-def]
+def test_body_limits_leave_normal_requests_alone(client) -> None:
     assert client.post("/v1/search/text", json={"query": "red mug", "k": 3}).status_code == 200
     assert client.get("/v1/facets").status_code == 200
 
@@ -307,7 +307,7 @@ def test_body_limits_leave_normal_requests_alone(client) -> None:  # type: ignor
     _nested(5000), '{"category": ' + _nested(5000) + "}", '{"category": ' + "{" * 3000,
     '{"category": ' + _nested(40) + "}", '{"category": ["' + "x" * 70_000 + '"]}',
 ])
-def test_deep_or_huge_filters_form_field_is_422(client, sample_index: SampleIndex, filters: str) -> None:  # type: ignore[no-untyped-def]
+def test_deep_or_huge_filters_form_field_is_422(client, sample_index: SampleIndex, filters: str) -> None:
     resp = client.post("/v1/search/image", data={"filters": filters},
                        files={"file": ("q.jpg", _image_bytes(sample_index), "image/jpeg")})
     _error(resp, 422, "invalid_input")
@@ -317,7 +317,7 @@ def test_deep_or_huge_filters_form_field_is_422(client, sample_index: SampleInde
     _nested(5000), '{"query": "mug", "filters": ' + "{" * 5000 + "}" * 5000 + "}",
     '{"query": "mug", "filters": {"brand": ' + _nested(5000) + "}}",
 ])
-def test_deeply_nested_json_body_is_422(client, body: str) -> None:  # type: ignore[no-untyped-def]
+def test_deeply_nested_json_body_is_422(client, body: str) -> None:
     resp = client.post("/v1/search/text", content=body, headers={"content-type": "application/json"})
     _error(resp, 422, "invalid_input")
 
@@ -325,7 +325,7 @@ def test_deeply_nested_json_body_is_422(client, body: str) -> None:  # type: ign
 # --- finding 9: messages, redirects, the error shape, strict fields ---------------------------
 
 
-def test_without_an_index_every_index_route_is_503_without_paths(no_index_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_without_an_index_every_index_route_is_503_without_paths(no_index_client, tmp_path: Path) -> None:
     c = no_index_client
     image = io.BytesIO()
     Image.new("RGB", (64, 64), "red").save(image, format="PNG")
@@ -342,7 +342,7 @@ def test_without_an_index_every_index_route_is_503_without_paths(no_index_client
 
 @pytest.mark.parametrize("method,path", [("POST", "/v1/search/text/"), ("GET", "/v1/facets/"),
                                          ("GET", "/healthz/"), ("GET", "/v1/products/P1/similar/")])
-def test_trailing_slash_is_a_plain_404_not_a_redirect(client, method: str, path: str) -> None:  # type: ignore[no-untyped-def]
+def test_trailing_slash_is_a_plain_404_not_a_redirect(client, method: str, path: str) -> None:
     resp = client.request(method, path, json={"query": "mug"} if method == "POST" else None,
                           headers={"host": "attacker.example"}, follow_redirects=False)
     _error(resp, 404, "not_found")
@@ -359,7 +359,7 @@ def test_trailing_slash_is_a_plain_404_not_a_redirect(client, method: str, path:
     (b'{"query": "mug"}', "text/plain", ""),
     (b'{"query": "mug"}', "multipart/form-data", ""),
 ])
-def test_unparseable_text_search_bodies_are_422_in_the_error_shape(client, content: bytes, content_type: str,  # type: ignore[no-untyped-def]
+def test_unparseable_text_search_bodies_are_422_in_the_error_shape(client, content: bytes, content_type: str,
                                                                    fragment: str) -> None:
     resp = client.post("/v1/search/text", content=content, headers={"content-type": content_type})
     assert fragment in _error(resp, 422, "invalid_input")
@@ -371,12 +371,12 @@ def test_unparseable_text_search_bodies_are_422_in_the_error_shape(client, conte
     (b"file=abc", "application/x-www-form-urlencoded"),
     (b"\x00\x01\x02", "application/octet-stream"),
 ])
-def test_unparseable_uploads_are_4xx_in_the_error_shape(client, content: bytes, content_type: str) -> None:  # type: ignore[no-untyped-def]
+def test_unparseable_uploads_are_4xx_in_the_error_shape(client, content: bytes, content_type: str) -> None:
     resp = client.post("/v1/search/image", content=content, headers={"content-type": content_type})
     _error(resp, 422, "invalid_input")
 
 
-def test_wrong_method_is_405_in_the_error_shape(client) -> None:  # type: ignore[no-untyped-def]
+def test_wrong_method_is_405_in_the_error_shape(client) -> None:
     resp = client.get("/v1/search/text")
     _error(resp, 405, "method_not_allowed")
     assert "POST" in resp.headers.get("allow", "")
@@ -386,7 +386,7 @@ def test_wrong_method_is_405_in_the_error_shape(client) -> None:  # type: ignore
     '{"price_min": Infinity}', '{"price_max": Infinity}', '{"price_max": 1e400}', '{"price_min": -Infinity}',
     '{"price_max": NaN}', '{"price_min": "inf"}', '{"price_max": "nan"}',
 ])
-def test_non_finite_prices_are_refused_as_not_finite(client, sample_index: SampleIndex, filters: str) -> None:  # type: ignore[no-untyped-def]
+def test_non_finite_prices_are_refused_as_not_finite(client, sample_index: SampleIndex, filters: str) -> None:
     # numbers must be finite; strings are not numbers at all (strict JSON fields)
     reason = "valid number" if '"' in filters.split(":")[1] else "finite"
     body = '{"query": "mug", "filters": ' + filters + "}"
@@ -399,18 +399,18 @@ def test_non_finite_prices_are_refused_as_not_finite(client, sample_index: Sampl
 
 @pytest.mark.parametrize("query", ["\u0000", "\u200b", "\ufeff", "\u0000\u200b \t\u00a0\u3000", "\u2028\u2029",
                                    "\x1b\x7f", "\u180e"])
-def test_queries_of_only_control_format_or_space_characters_are_blank(client, query: str) -> None:  # type: ignore[no-untyped-def]
+def test_queries_of_only_control_format_or_space_characters_are_blank(client, query: str) -> None:
     assert "blank" in _error(client.post("/v1/search/text", json={"query": query}), 422, "invalid_input")
 
 
 @pytest.mark.parametrize("escaped", ["\\ud800", "red \\udfff mug"])
-def test_a_query_with_an_unpaired_surrogate_is_422(client, escaped: str) -> None:  # type: ignore[no-untyped-def]
+def test_a_query_with_an_unpaired_surrogate_is_422(client, escaped: str) -> None:
     resp = client.post("/v1/search/text", content='{"query": "' + escaped + '"}',
                        headers={"content-type": "application/json"})
     assert "query" in _error(resp, 422, "invalid_input")  # pydantic refuses it as not valid text
 
 
-def test_nuls_are_stripped_from_a_query(client) -> None:  # type: ignore[no-untyped-def]
+def test_nuls_are_stripped_from_a_query(client) -> None:
     plain = client.post("/v1/search/text", json={"query": "red mug", "k": 5}).json()
     with_nuls = client.post("/v1/search/text", json={"query": "red\u0000 mug\u0000", "k": 5})
     assert with_nuls.status_code == 200, with_nuls.text
@@ -421,18 +421,18 @@ def test_nuls_are_stripped_from_a_query(client) -> None:  # type: ignore[no-unty
     {"rerank": 0}, {"rerank": 1}, {"rerank": "true"}, {"k": True}, {"k": "5"}, {"k": 5.0},
     {"rerank_top_n": True}, {"rerank_top_n": "20"}, {"filters": {"price_min": True}},
 ])
-def test_json_fields_are_strict(client, extra: dict) -> None:  # type: ignore[no-untyped-def]
+def test_json_fields_are_strict(client, extra: dict) -> None:
     _error(client.post("/v1/search/text", json={"query": "mug", **extra}), 422, "invalid_input")
 
 
-def test_strict_fields_still_take_their_own_types(client) -> None:  # type: ignore[no-untyped-def]
+def test_strict_fields_still_take_their_own_types(client) -> None:
     resp = client.post("/v1/search/text", json={"query": "mug", "k": 4, "rerank": False, "rerank_top_n": 10,
                                                 "filters": {"price_min": 0, "price_max": 1000.5}})
     assert resp.status_code == 200, resp.text
     assert len(resp.json()["results"]) == 4
 
 
-def test_two_uploaded_files_are_refused(client, sample_index: SampleIndex) -> None:  # type: ignore[no-untyped-def]
+def test_two_uploaded_files_are_refused(client, sample_index: SampleIndex) -> None:
     image = _image_bytes(sample_index)
     resp = client.post("/v1/search/image", files=[("file", ("a.jpg", image, "image/jpeg")),
                                                   ("file", ("b.jpg", image, "image/jpeg"))])
@@ -445,7 +445,7 @@ def test_two_uploaded_files_are_refused(client, sample_index: SampleIndex) -> No
     ("price", "Infinity"), ("price", "1e400"), ("price", "NaN"), ("price", "-Infinity"), ("price", "false"),
     ("price", '"12.5"'),
 ])
-def test_admin_product_fields_are_checked(admin_client, field: str, value: str) -> None:  # type: ignore[no-untyped-def]
+def test_admin_product_fields_are_checked(admin_client, field: str, value: str) -> None:
     product = {"product_id": "OK-1", "title": "a mug"}
     raw = json.dumps({"products": [product]})
     fragment = json.dumps(value) if field == "product_id" else value
@@ -459,13 +459,13 @@ def test_admin_product_fields_are_checked(admin_client, field: str, value: str) 
 
 
 @pytest.mark.parametrize("attribute", ["NaN", "Infinity", "1e400", _nested(50), '{"a": ' * 50 + "1" + "}" * 50])
-def test_admin_attributes_are_finite_and_shallow(admin_client, attribute: str) -> None:  # type: ignore[no-untyped-def]
+def test_admin_attributes_are_finite_and_shallow(admin_client, attribute: str) -> None:
     raw = '{"products": [{"product_id": "OK-1", "title": "a mug", "weight": ' + attribute + "}]}"
     resp = admin_client.post("/v1/admin/products", content=raw, headers={"content-type": "application/json"})
     assert "weight" in _error(resp, 422, "invalid_input")
 
 
-def test_admin_accepts_a_clean_product_and_serves_it_back(admin_client) -> None:  # type: ignore[no-untyped-def]
+def test_admin_accepts_a_clean_product_and_serves_it_back(admin_client) -> None:
     product = {"product_id": "Mug 1 (red)", "title": "a red mug", "price": 12.5,
                "size": {"height_cm": 10, "tags": ["kitchen", "gift"]}}
     resp = admin_client.post("/v1/admin/products", json={"products": [product]})
@@ -475,7 +475,7 @@ def test_admin_accepts_a_clean_product_and_serves_it_back(admin_client) -> None:
     assert served.json()["attributes"] == {"size": {"height_cm": 10, "tags": ["kitchen", "gift"]}}
 
 
-def test_every_status_a_route_returns_is_declared_in_openapi(client) -> None:  # type: ignore[no-untyped-def]
+def test_every_status_a_route_returns_is_declared_in_openapi(client) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     expected = {
         ("post", "/v1/search/text"): {"200", "400", "413", "422", "503"},
@@ -509,7 +509,7 @@ def _has_security_headers(resp: httpx.Response, csp: str = PAGE_CSP) -> None:
     assert resp.headers.get("content-security-policy") == csp
 
 
-def test_every_response_carries_the_security_headers(client, small_limits_client) -> None:  # type: ignore[no-untyped-def]
+def test_every_response_carries_the_security_headers(client, small_limits_client) -> None:
     for resp in (client.get("/"), client.get("/static/style.css"),
                  client.get("/v1/facets"), client.get("/healthz"), client.get("/metrics"),
                  client.get("/v1/products/nope"), client.get("/nowhere"),
@@ -523,7 +523,7 @@ def test_every_response_carries_the_security_headers(client, small_limits_client
         docs.headers["content-security-policy"]
 
 
-def test_the_page_needs_nothing_inline(client) -> None:  # type: ignore[no-untyped-def]
+def test_the_page_needs_nothing_inline(client) -> None:
     """The page must work under script-src/style-src 'self': no inline scripts, styles or handlers."""
     from retrieval.app import WEB_DIR
 
@@ -583,7 +583,7 @@ def test_the_page_works_under_its_csp(live_url: str, sample_index: SampleIndex) 
     assert violations == [] and console == [], (violations, console)
 
 
-def test_cors_is_off_by_default(client) -> None:  # type: ignore[no-untyped-def]
+def test_cors_is_off_by_default(client) -> None:
     resp = client.get("/v1/facets", headers={"origin": "https://shop.example"})
     assert "access-control-allow-origin" not in resp.headers
     preflight = client.options("/v1/search/text", headers={"origin": "https://shop.example",
@@ -591,7 +591,7 @@ def test_cors_is_off_by_default(client) -> None:  # type: ignore[no-untyped-def]
     assert "access-control-allow-origin" not in preflight.headers
 
 
-def test_cors_on_for_the_configured_origins(searcher) -> None:  # type: ignore[no-untyped-def]
+def test_cors_on_for_the_configured_origins(searcher) -> None:
     from fastapi.testclient import TestClient
 
     from retrieval.app import create_app

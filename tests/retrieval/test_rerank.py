@@ -94,7 +94,7 @@ def test_row17_a_slow_or_failing_reranker_returns_the_first_stage_order_unrerank
 
 
 def test_features_are_stored_fp16_per_image_and_match_a_fresh_computation(
-        sample_index: SampleIndex, reranker) -> None:  # type: ignore[no-untyped-def]
+        sample_index: SampleIndex, reranker) -> None:
     import torch
 
     path = artifacts.active_version_path(sample_index.index_dir)
@@ -113,7 +113,7 @@ def test_features_are_stored_fp16_per_image_and_match_a_fresh_computation(
 
 
 def test_an_index_without_stored_features_reranks_by_decoding_to_the_same_order(
-        sample_index: SampleIndex, encoder, reranker, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+        sample_index: SampleIndex, encoder, reranker, tmp_path: Path) -> None:
     from catalens.db import create_db_engine, create_session_factory
     from indexer.embedder import Embedder
     from indexer.runner import BuildOptions, build_index
@@ -152,7 +152,7 @@ def test_caption_with_a_reranker_that_cannot_caption_is_a_one_line_error(sample_
 
 
 def test_captions_from_a_coca_reranker_are_stored_and_returned(
-        sample_index: SampleIndex, encoder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+        sample_index: SampleIndex, encoder, tmp_path: Path) -> None:
     pytest.importorskip("open_clip")
     import open_clip
     import torch

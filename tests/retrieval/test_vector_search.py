@@ -265,7 +265,7 @@ class Catalog:
 
 
 @pytest.fixture(scope="module")
-def catalog(tmp_path_factory: pytest.TempPathFactory, encoder) -> Catalog:  # type: ignore[no-untyped-def]
+def catalog(tmp_path_factory: pytest.TempPathFactory, encoder) -> Catalog:
     """Products, images and vectors written with the project's models; categories own clusters, like real ones."""
     from sqlalchemy import insert
 
@@ -321,7 +321,7 @@ def catalog(tmp_path_factory: pytest.TempPathFactory, encoder) -> Catalog:  # ty
 
 
 @pytest.fixture(scope="module", params=["HNSW32", "IVF128,Flat"])
-def searcher_on(request: pytest.FixtureRequest, catalog: Catalog, encoder,  # type: ignore[no-untyped-def]
+def searcher_on(request: pytest.FixtureRequest, catalog: Catalog, encoder,
                 tmp_path_factory: pytest.TempPathFactory):
     """A Searcher serving a version of the catalog built with this factory (shared database)."""
     from catalens.config import Settings
@@ -369,7 +369,7 @@ FILTERS = {
 
 @pytest.mark.parametrize("k", [K, 60])
 @pytest.mark.parametrize("name", list(FILTERS))
-def test_searcher_filtered_query_returns_k_passing_products_best_first(searcher_on, catalog: Catalog,  # type: ignore[no-untyped-def]
+def test_searcher_filtered_query_returns_k_passing_products_best_first(searcher_on, catalog: Catalog,
                                                                       name: str, k: int) -> None:
     from retrieval.searcher import Filters
 
@@ -398,7 +398,7 @@ def test_searcher_filtered_query_returns_k_passing_products_best_first(searcher_
         assert (scores <= want_scores[0] + 1e-4).all()
 
 
-def test_similar_with_a_broad_filter_excludes_itself(searcher_on, catalog: Catalog) -> None:  # type: ignore[no-untyped-def]
+def test_similar_with_a_broad_filter_excludes_itself(searcher_on, catalog: Catalog) -> None:
     from retrieval.searcher import Filters
 
     pk = int(np.flatnonzero(catalog.category == 0)[5])
@@ -408,7 +408,7 @@ def test_similar_with_a_broad_filter_excludes_itself(searcher_on, catalog: Catal
                for h in outcome.hits)
 
 
-def test_products_deleted_after_the_build_never_come_back(searcher_on, catalog: Catalog) -> None:  # type: ignore[no-untyped-def]
+def test_products_deleted_after_the_build_never_come_back(searcher_on, catalog: Catalog) -> None:
     """The allowed set is read from SQL on every query: a product deleted since the build is out at once."""
     from sqlalchemy import update
 
