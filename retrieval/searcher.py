@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -35,6 +35,7 @@ NOT_READY_MESSAGE = "no index is loaded yet: build one with `catalens index buil
 # vectors per product), at least FILTERED_MIN_FETCH, and grow the fetch x4 while short.
 FILTERED_FETCH_FACTOR = 2
 FILTERED_MIN_FETCH = 32
+ALLOWED_CACHE_SIZE = 64  # filters whose allowed vector ids a snapshot keeps (at most 8 B per vector each)
 
 
 @dataclass(frozen=True)
@@ -91,10 +92,24 @@ class Snapshot:
     vectors_of: dict[int, list[int]] = field(default_factory=dict)  # product pk -> vector ids
     rerank: artifacts.RerankFeatures | None = None  # stored second-stage image features
     has_captions: bool = False  # decided once per version, so searches skip the lookup otherwise
+    # Allowed vector ids per filter, for this version only: shoppers repeat filters (category pages),
+    # and reading 50k ids from SQL was most of a broad filtered query. Rows whose fields changed
+    # since are still checked against the filters when results are resolved.
+    allowed_cache: LRUCache[Filters, np.ndarray] = field(
+        default_factory=lambda: LRUCache(maxsize=ALLOWED_CACHE_SIZE), repr=False, compare=False)
+    allowed_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def version_id(self) -> str:
         return self.manifest.version_id
+
+    @functools.cached_property
+    def vector_table(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """(vector ids sorted, their product pks, 1 + the largest pk): filters map products to vectors."""
+        vids = np.fromiter(self.owner, np.int64, len(self.owner))
+        owners = np.fromiter((pk for pk, _ in self.owner.values()), np.int64, len(self.owner))
+        order = np.argsort(vids)
+        return vids[order], owners[order], int(owners.max(initial=0)) + 1
 
 
 def load_snapshot(settings: Settings, sessions: sessionmaker[Session], encoder: ClipEncoder,
@@ -380,23 +395,23 @@ class Searcher:
     def _allowed_vector_ids(self, snap: Snapshot, filters: Filters) -> np.ndarray:
         """Ids (int64, sorted) of the snapshot's vectors whose products pass the filters.
 
-        The products come from SQL (Filters.clauses() over Product), on every filtered query;
-        they map to vector ids through a per-snapshot table built on first use, with numpy.
+        The products come from SQL (Filters.clauses() over Product), once per filter and version
+        (Snapshot.allowed_cache); they map to vector ids through the snapshot's vector table.
         """
-        table = getattr(self, "_vector_table", None)
-        if table is None or table[0]() is not snap:
-            # Weakly held: a swapped-out snapshot (and its FAISS index) must stay freeable.
-            vids = np.fromiter(snap.owner, np.int64, len(snap.owner))
-            owners = np.fromiter((pk for pk, _ in snap.owner.values()), np.int64, len(snap.owner))
-            order = np.argsort(vids)
-            table = (weakref.ref(snap), vids[order], owners[order], int(owners.max(initial=0)) + 1)
-            self._vector_table = table
-        _, vids, owners, n_pks = table
+        with snap.allowed_lock:
+            cached = snap.allowed_cache.get(filters)
+        if cached is not None:
+            return cached
+        vids, owners, n_pks = snap.vector_table
         with self.sessions() as session:
             pks = np.fromiter(session.scalars(select(Product.id).where(*filters.clauses())), np.int64)
         passes = np.zeros(n_pks, bool)
         passes[pks[(pks >= 0) & (pks < n_pks)]] = True  # newer products have no vectors in this snapshot
-        return vids[passes[owners]]
+        allowed = vids[passes[owners]]
+        allowed.flags.writeable = False  # shared by concurrent queries
+        with snap.allowed_lock:
+            snap.allowed_cache[filters] = allowed
+        return allowed
 
     @staticmethod
     def _best_per_product(snap: Snapshot, scores: np.ndarray, ids: np.ndarray) -> dict[int, tuple[float, int, int]]:
