@@ -28,7 +28,7 @@ from bench.workload import CATALOG_SEED, ensure_catalog, load_encoder, with_rand
 from catalens.config import Settings, set_threads
 from catalens.errors import BenchError, CatalensError
 
-SCENARIOS = ("text", "text_uncached", "image", "similar", "text_rerank")
+SCENARIOS = ("text", "text_uncached", "text_filtered", "image", "similar", "text_rerank")
 DRIVER = ("httpx.AsyncClient in the bench process (closed loop), server = `catalens serve` subprocess; "
           "both share the machine's cores")
 
@@ -42,6 +42,7 @@ class QueryBench:
     bench: str = "query"
     text: ScenarioStats | None
     text_uncached: ScenarioStats | None
+    text_filtered: ScenarioStats | None  # the text mix, each request filtered to one category
     image: ScenarioStats | None
     similar: ScenarioStats | None
     text_rerank: ScenarioStats | None
@@ -306,7 +307,9 @@ def measure_query(settings: Settings, *, n: int, seed: int = CATALOG_SEED, concu
     catalog = ensure_catalog(settings, n=n, seed=seed, render_workers=render_workers, log=log)
     index_dir = ensure_query_index(settings, catalog, n=n, seed=seed, rebuild=rebuild, log=log)
     with open(catalog, newline="") as fh:
-        product_ids = [row["product_id"] for row in csv.DictReader(fh)]
+        rows = list(csv.DictReader(fh))
+    product_ids = [row["product_id"] for row in rows]
+    categories = sorted({row["category"] for row in rows if row.get("category")})
     image_bytes = [p.read_bytes() for p in sorted((catalog.parent / "queries").glob("image-*.jpg"))]
     stream = query_stream(seed + 17)
     pool = [next(stream) for _ in range(query_pool)]
@@ -322,6 +325,10 @@ def measure_query(settings: Settings, *, n: int, seed: int = CATALOG_SEED, concu
             if text not in zipf.sent:
                 break
         return await client.post("/v1/search/text", json={"query": text, "k": k})
+
+    async def filtered_request(client):
+        category = categories[rng.randrange(len(categories))]
+        return await client.post("/v1/search/text", json={"query": zipf(), "k": k, "filters": {"category": [category]}})
 
     async def rerank_request(client):
         return await client.post("/v1/search/text", json={"query": zipf(), "k": k, "rerank": True})
@@ -346,13 +353,14 @@ def measure_query(settings: Settings, *, n: int, seed: int = CATALOG_SEED, concu
         scenarios = [
             Scenario("text", text_request, {}),
             Scenario("text_uncached", text_unique_request, {"query_mix": "every query distinct (cache misses)"}),
+            Scenario("text_filtered", filtered_request, {"filter": f"one category of {len(categories)} per request"}),
             Scenario("image", image_request, {"query_pool": len(image_bytes)}),
             Scenario("similar", similar_request, {"query_pool": len(product_ids)}),
         ]
         if rerank_available:
             scenarios.append(Scenario("text_rerank", rerank_request, {}))
         for scenario in scenarios:
-            if scenario.name == "image" and not image_bytes:
+            if (scenario.name == "image" and not image_bytes) or (scenario.name == "text_filtered" and not categories):
                 continue
             log(f"{scenario.name}: {concurrency} clients for {duration}s")
             before = [zipf.requests, zipf.repeats]
@@ -376,6 +384,7 @@ def measure_query(settings: Settings, *, n: int, seed: int = CATALOG_SEED, concu
     return QueryBench(
         text=results["text"],
         text_uncached=results["text_uncached"],
+        text_filtered=results["text_filtered"],
         image=results["image"],
         similar=results["similar"],
         text_rerank=results["text_rerank"],

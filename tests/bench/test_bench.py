@@ -65,7 +65,7 @@ def test_bench_query_real_server(bench_dirs: tuple[Path, Path]) -> None:
     data = _bench("query", "--n", "24", "--concurrency", "2", "--duration", "0.6", "--warmup", "0.2",
                   "--query-pool", "200", "--render-workers", "1", dirs=bench_dirs)
     assert data["n"] == 24 and data["vectors"] >= 24 and data["concurrency"] == 2
-    for name in ("text", "text_uncached", "image", "similar"):
+    for name in ("text", "text_uncached", "text_filtered", "image", "similar"):
         stats = data[name]
         assert set(STAGES) <= set(stats), name
         assert stats["errors"] == 0, (name, stats["error_kinds"])
