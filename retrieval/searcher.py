@@ -140,7 +140,9 @@ def load_snapshot(settings: Settings, sessions: sessionmaker[Session], encoder: 
         rerank = None
     with sessions() as session:
         has_captions = session.scalar(select(ProductImage.id).where(ProductImage.caption.is_not(None)).limit(1))
-    return Snapshot(manifest, images, texts, owner, vectors_of, rerank, has_captions is not None)
+    snap = Snapshot(manifest, images, texts, owner, vectors_of, rerank, has_captions is not None)
+    _ = snap.vector_table  # built here, off the request path, not by the first filtered query
+    return snap
 
 
 class Searcher:
@@ -213,21 +215,20 @@ class Searcher:
         vec = self.encode_text(query)
         if not rerank:
             return self._search(snap, vec, k, filters, encode_s=time.perf_counter() - t0)
-        if self.reranker is None:
+        reranker = self.reranker
+        if reranker is None:
             raise InvalidInputError("reranking is off on this server (CATALENS_RERANKER=none)")
         top_n = max(k, rerank_top_n or self.settings.rerank_top_n)
         outcome = self._search(snap, vec, top_n, filters, encode_s=time.perf_counter() - t0)
-        return self._rerank(snap, query, outcome, k)
+        return self._rerank(reranker, snap, query, outcome, k)
 
-    def _rerank(self, snap: Snapshot, query: str, outcome: SearchOutcome, k: int) -> SearchOutcome:
+    def _rerank(self, reranker: Reranker, snap: Snapshot, query: str, outcome: SearchOutcome, k: int) -> SearchOutcome:
         """Reorder by the reranker within the time budget; past it, the first-stage order, unreranked."""
         t0 = time.perf_counter()
         for hit in outcome.hits:
             hit.first_stage_score = hit.score
         budget = self.settings.rerank_budget_ms / 1000
-        if self.reranker is None:  # callers check; kept so the worker never sees None
-            return outcome
-        future = self._rerank_pool.submit(self._rerank_scores, self.reranker, snap, query, outcome.hits)
+        future = self._rerank_pool.submit(self._rerank_scores, reranker, snap, query, outcome.hits)
         try:
             scores = future.result(timeout=budget)
         except FutureTimeout:
