@@ -1,8 +1,9 @@
 """The index format on disk: versioned folders, a manifest written last, an atomic active pointer.
 
-<index-dir>/versions/<id>/{images.faiss, texts.faiss, manifest.json}
+<index-dir>/versions/<id>/{images.faiss, texts.faiss, products.parquet, manifest.json}
                           [+ rerank_ids.npy, rerank_features.npy: reranker image features, fp16]
-<index-dir>/ACTIVE          JSON {"version_id": ...}, replaced by rename
+<index-dir>/ACTIVE          JSON {"version_id": ..., "since_seq": N}, replaced by rename: the version
+                            queries read, and the live changes (seq > N) served over it
 <index-dir>/staging/<id>/   builds in progress; never read by the service
 """
 
@@ -32,7 +33,7 @@ RERANK_FEATURES = "rerank_features.npy"
 EXACT_LIMIT = 50_000  # below this many vectors exact search is fast enough and has recall 1.0
 HNSW_EF_SEARCH = 128
 IVF_NPROBE = 16
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a version holds its products (products.parquet) and a change watermark
 # Text-only fallback vectors (products whose every image failed) share the image index
 # under ids offset by this base, so they can never collide with image row ids.
 TEXT_ID_BASE = 1 << 40
@@ -388,6 +389,7 @@ class Manifest:
     model_id: str = ""  # model + pretrained + weights digest; must match the serving encoder
     reranker: str | None = None  # id of the reranker whose image features this version stores
     images_root: str = ""  # where relative image paths resolved; images are re-read only inside it
+    watermark: int = 0  # the last live change (catalens.changes seq) this version holds
 
     def image_folder(self) -> Path | None:
         """The folder this version's image files may be re-read from (beside CATALENS_IMAGE_ROOTS)."""
@@ -453,9 +455,12 @@ class _PlainWriter:
 
 
 def write_version_files(staging: Path, *, manifest: Manifest, images: FaissIndex, texts: FaissIndex,
-                        rerank: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-    """Write index files and, last, the manifest with their checksums; fsync everything."""
+                        rerank: tuple[np.ndarray, np.ndarray] | None = None, written: tuple[str, ...] = ()) -> None:
+    """Write index files and, last, the manifest with their checksums (and those of the files the
+    caller `written` into staging already); fsync everything."""
     staging.mkdir(parents=True, exist_ok=True)
+    for name in written:
+        manifest.files[name] = file_sha256(staging / name)
     for name, index in ((IMAGE_INDEX, images), (TEXT_INDEX, texts)):
         index.save(staging / name)  # fsynced
         manifest.files[name] = file_sha256(staging / name)
@@ -496,6 +501,11 @@ def read_manifest(version_path: Path) -> Manifest:
 def verify_version(version_path: Path, *, checksums: bool = True) -> Manifest:
     """Check that a version's files are all there and match the manifest; raise if not."""
     manifest = read_manifest(version_path)
+    if manifest.format_version < FORMAT_VERSION:
+        raise IndexArtifactError(
+            f"index version {manifest.version_id} was built by an older Catalens (format {manifest.format_version}, "
+            f"this one reads {FORMAT_VERSION}: a version now holds its products); "
+            "build a new one from the catalog of record with `catalens index rebuild`")
     for name, digest in manifest.files.items():
         path = version_path / name
         if not path.is_file():
@@ -531,19 +541,34 @@ def load_version(version_path: Path) -> tuple[Manifest, FaissIndex, FaissIndex]:
     return manifest, images, texts
 
 
-def read_active(index_dir: Path) -> str | None:
+@dataclass(frozen=True)
+class ActiveState:
+    """What queries read: a version, and the live changes after since_seq over it."""
+
+    version_id: str
+    since_seq: int
+
+
+def read_active_state(index_dir: Path) -> ActiveState | None:
     try:
-        return json.loads((index_dir / ACTIVE).read_text())["version_id"]
+        data = json.loads((index_dir / ACTIVE).read_text())
+        return ActiveState(str(data["version_id"]), int(data.get("since_seq", 0)))
     except FileNotFoundError:
         return None
-    except (json.JSONDecodeError, KeyError) as exc:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise IndexArtifactError(f"{index_dir / ACTIVE} is unreadable: {exc}") from exc
 
 
-def set_active(index_dir: Path, version_id: str) -> None:
+def read_active(index_dir: Path) -> str | None:
+    state = read_active_state(index_dir)
+    return state.version_id if state else None
+
+
+def set_active(index_dir: Path, version_id: str, *, since_seq: int) -> None:
+    """Make a version (and the live changes after since_seq) what queries read: one atomic rename."""
     if not (versions_dir(index_dir) / version_id / MANIFEST).is_file():
         raise IndexArtifactError(f"no complete index version {version_id!r} in {versions_dir(index_dir)}")
-    atomic_write_text(index_dir / ACTIVE, json.dumps({"version_id": version_id}))
+    atomic_write_text(index_dir / ACTIVE, json.dumps({"version_id": version_id, "since_seq": since_seq}))
 
 
 def active_version_path(index_dir: Path) -> Path:

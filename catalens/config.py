@@ -58,6 +58,13 @@ class Settings(BaseSettings):
     rerank_weight: float = Field(default=20.0, ge=0, le=1000,
                                  description="final score = logit(rerank score) + w * first-stage score (0: reranker only)")
 
+    compact_after: int = Field(default=10_000, ge=0, description="live changes after which the service folds them "
+                               "into a new snapshot in the background (0: only `catalens index compact`)")
+    admin_sync_limit: int = Field(default=100, ge=1, le=1000, description="admin batches larger than this run as a "
+                                  "background job (202 with a job id)")
+    live_poll_s: float = Field(default=0.25, gt=0, le=10, description="how often the service looks for live changes "
+                               "and a new active version")
+
     log_level: str = Field(default="WARNING", description="logging level of the catalens command and service")
     bench_dir: Path | None = Field(default=None, description="cache for benchmark catalogs and indexes "
                                    "(default: $XDG_CACHE_HOME/catalens/bench)")

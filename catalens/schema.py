@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -32,6 +32,7 @@ class Product(Base):
     brand: Mapped[str | None] = mapped_column(String(256), index=True)
     price: Mapped[float | None] = mapped_column(Float, index=True)
     currency: Mapped[str | None] = mapped_column(String(16))
+    availability: Mapped[str] = mapped_column(String(32), default="in_stock", server_default="in_stock", index=True)
     attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     text_hash: Mapped[str] = mapped_column(String(64))
     deleted: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
@@ -61,12 +62,14 @@ class ProductImage(Base):
 
 
 class IndexVersion(Base):
-    """A built (or failed) index version; its files live in <index-dir>/versions/<version_id>/."""
+    """A built (or failed) index version, whose files live in <index-dir>/versions/<version_id>/,
+    or a live edit (kind 'edit': 'building' until its changes are logged, then 'ready')."""
 
     __tablename__ = "index_versions"
 
     version_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     status: Mapped[str] = mapped_column(String(16))  # building | ready | failed
+    kind: Mapped[str] = mapped_column(String(16), default="build", server_default="build")  # build | edit
     model: Mapped[str] = mapped_column(String(512))
     dim: Mapped[int | None] = mapped_column(Integer)
     count: Mapped[int | None] = mapped_column(Integer)
@@ -91,3 +94,36 @@ class IngestError(Base):
     code: Mapped[str] = mapped_column(String(64))
     message: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CatalogChange(Base):
+    """One live change to the catalog since the active snapshot: the product's whole record after
+    it (none for a delete) and, when its vectors changed, their new values (catalens.changes)."""
+
+    __tablename__ = "catalog_changes"
+    __table_args__ = {"sqlite_autoincrement": True}  # a sequence number is never reused
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    product_id: Mapped[str] = mapped_column(String(256), index=True)
+    pk: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))  # upsert | patch | delete
+    record: Mapped[str | None] = mapped_column(Text)
+    vectors: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AdminJob(Base):
+    """A large admin batch run in the background: its input, progress and outcome."""
+
+    __tablename__ = "admin_jobs"
+
+    job_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # upsert | delete | compact
+    status: Mapped[str] = mapped_column(String(16), index=True)  # queued | running | done | failed
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    payload: Mapped[Any] = mapped_column(JSON, nullable=True)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    errors: Mapped[list[str] | None] = mapped_column(JSON, default=list, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

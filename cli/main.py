@@ -32,14 +32,14 @@ def cmd_db_downgrade(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from indexer.maintenance import IndexEditor
+    from indexer.live import IndexEditor
     from retrieval.app import create_app, create_searcher
     from retrieval.limits import server_http_protocol
 
     # Open the database and load the models before uvicorn starts, so a malformed database or a
     # missing model is one line and exit code 2 here, not a traceback from the server's startup.
     searcher = create_searcher(settings)
-    uvicorn.run(create_app(settings, searcher=searcher, editor=IndexEditor(settings)), host=args.host,
+    uvicorn.run(create_app(settings, searcher=searcher, editor=IndexEditor(settings, searcher.encoder, searcher.reranker)), host=args.host,
                 port=args.port, log_level="info", http=server_http_protocol())
     return 0
 

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from catalens.errors import CatalogError
+from catalens.records import normalize_availability
 from catalens.validation import attribute_problem, product_id_problem, text_problem
 
-KNOWN_FIELDS = ("product_id", "title", "description", "image", "category", "brand", "price", "currency")
+KNOWN_FIELDS = ("product_id", "title", "description", "image", "category", "brand", "price", "currency",
+                "availability")
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 
 
@@ -37,6 +39,7 @@ class CatalogRow:
     price: float | None = None
     currency: str | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
+    availability: str | None = None  # one of catalens.records.AVAILABILITY; None: not given
 
     @property
     def text(self) -> str:
@@ -211,6 +214,12 @@ def parse_record(record: dict[str, Any], *, row: int, source: str) -> CatalogRow
             return error("price", f"not a number: {raw_price!r}")
         if not math.isfinite(price) or price < 0:
             return error("price", f"must be a number >= 0, got {price!r}")
+    availability = None
+    if not _blank(record.get("availability")):
+        try:
+            availability = normalize_availability(record["availability"])
+        except ValueError as exc:
+            return error("availability", str(exc))
     try:
         images = parse_images(record.get("image"))
     except (ValueError, json.JSONDecodeError) as exc:
@@ -232,4 +241,4 @@ def parse_record(record: dict[str, Any], *, row: int, source: str) -> CatalogRow
     return CatalogRow(row=row, product_id=pid, title=str(title).strip(),
                       description=text("description") or "", images=images,
                       category=text("category"), brand=text("brand"), price=price,
-                      currency=text("currency"), attributes=attributes)
+                      currency=text("currency"), attributes=attributes, availability=availability)

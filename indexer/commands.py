@@ -1,20 +1,23 @@
-"""`catalens index ...`: build, rebuild, upsert, delete, versions, rollback, errors, duplicates."""
+"""`catalens index ...`: build, rebuild, upsert, patch, delete, compact, versions, rollback, errors, duplicates."""
 
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 from catalens.commandline import Subcommands, add_common_flags, emit
 from catalens.config import Settings
 from catalens.errors import CatalensError
 
+if TYPE_CHECKING:
+    from indexer.live import EditContext
+
 
 def _build(args: argparse.Namespace, settings: Settings, *, full: bool) -> int:
     from indexer.runner import BuildOptions, build_index
 
-    catalog = args.catalog or _last_catalog(settings)
-    options = BuildOptions(catalog=catalog, images_root=args.images_root, strict=args.strict,
+    options = BuildOptions(catalog=args.catalog, images_root=args.images_root, strict=args.strict,
                            factory=args.faiss_factory, full=full, progress=not args.quiet, keep=args.keep,
                            caption=args.caption)
     summary = build_index(settings, options)
@@ -31,34 +34,95 @@ def _build(args: argparse.Namespace, settings: Settings, *, full: bool) -> int:
     return 0
 
 
-def _last_catalog(settings: Settings) -> Path:
-    from catalens import artifacts
-
-    versions = artifacts.list_versions(settings.index_dir)
-    if not versions:
-        raise CatalensError(f"no --catalog given and no earlier build in {settings.index_dir} to take it from")
-    return Path(versions[-1].catalog)
-
-
 def cmd_index_build(args: argparse.Namespace, settings: Settings) -> int:
     return _build(args, settings, full=True)
 
 
+def _edit_context(settings: Settings) -> EditContext:
+    from indexer.live import EditContext
+
+    return EditContext(settings)
+
+
+def _then_compact(args: argparse.Namespace, ctx: EditContext, text: str) -> str:
+    """Fold the live changes into a new snapshot once CATALENS_COMPACT_AFTER are pending."""
+    from indexer.live import compact, compact_due
+
+    if not compact_due(ctx):
+        return text
+    result = compact(ctx, progress=not getattr(args, "quiet", True))
+    return text + (f"\n{result.folded} live changes passed CATALENS_COMPACT_AFTER: folded into index version "
+                   f"{result.version_id} ({result.seconds}s)")
+
+
 def cmd_index_upsert(args: argparse.Namespace, settings: Settings) -> int:
-    return _build(args, settings, full=False)
+    from dataclasses import asdict
+
+    from indexer.live import upsert_file
+
+    ctx = _edit_context(settings)
+    summary = upsert_file(ctx, args.catalog, images_root=args.images_root, strict=args.strict,
+                          progress=not args.quiet)
+    text = (f"upserted {summary.upserted} products live (change {summary.seq}): images ok {summary.images_ok}, "
+            f"failed {summary.images_failed}; embedded {summary.images_embedded}, from cache {summary.images_cached}; "
+            f"texts embedded {summary.texts_embedded}")
+    for line in summary.errors[:5]:
+        text += f"\n  {line}"
+    emit(args, asdict(summary), _then_compact(args, ctx, text))
+    return 0
+
+
+def _field_value(text: str) -> tuple[str, object]:
+    """NAME=VALUE from --set: VALUE as JSON when it parses (numbers, null, objects), else the string."""
+    import json
+
+    name, sep, raw = text.partition("=")
+    if not sep or not name:
+        raise CatalensError(f"--set {text!r}: expected NAME=VALUE, e.g. --set price=19.99")
+    try:
+        return name.strip(), json.loads(raw)
+    except json.JSONDecodeError:
+        return name.strip(), raw
+
+
+def cmd_index_patch(args: argparse.Namespace, settings: Settings) -> int:
+    from dataclasses import asdict
+
+    from indexer.live import patch_product
+
+    ctx = _edit_context(settings)
+    result = patch_product(ctx, args.product_id, dict(_field_value(item) for item in args.set))
+    text = (f"patched {args.product_id}: {', '.join(result.changed)} (change {result.seq})" if result.changed
+            else f"{args.product_id}: no field changed")
+    emit(args, asdict(result), _then_compact(args, ctx, text))
+    return 0
 
 
 def cmd_index_delete(args: argparse.Namespace, settings: Settings) -> int:
-    from indexer.maintenance import delete_products
+    from dataclasses import asdict
+
+    from indexer.live import delete_products
 
     ids = list(args.ids or [])
     if args.ids_file:
         ids += [line.strip() for line in args.ids_file.read_text().splitlines() if line.strip()]
     if not ids:
         raise CatalensError("give product ids with --ids or --ids-file")
-    result = delete_products(settings, ids)
-    emit(args, result, f"deleted {result['deleted']} products ({result['missing']} not found); "
-                       f"index version {result['version_id']} is active")
+    ctx = _edit_context(settings)
+    result = delete_products(ctx, ids)
+    emit(args, asdict(result), _then_compact(args, ctx, f"deleted {result.deleted} products live "
+                                                        f"({result.missing} not found; change {result.seq})"))
+    return 0
+
+
+def cmd_index_compact(args: argparse.Namespace, settings: Settings) -> int:
+    from dataclasses import asdict
+
+    from indexer.live import compact
+
+    result = compact(_edit_context(settings), progress=not args.quiet, keep=args.keep)
+    emit(args, asdict(result), f"folded {result.folded} live changes into index version {result.version_id} "
+                               f"({result.vectors} vectors, {result.seconds}s)")
     return 0
 
 
@@ -76,18 +140,11 @@ def cmd_index_versions(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_index_rollback(args: argparse.Namespace, settings: Settings) -> int:
-    from catalens import artifacts
+    from indexer.publish import rollback
 
-    versions = [m.version_id for m in artifacts.list_versions(settings.index_dir)]
-    active = artifacts.read_active(settings.index_dir)
-    target = args.version
-    if target is None:
-        older = [v for v in versions if active is None or v < active]
-        if not older:
-            raise CatalensError(f"no version older than {active} to roll back to")
-        target = older[-1]
-    artifacts.set_active(settings.index_dir, target)
-    emit(args, {"active": target, "previous": active}, f"active index version is now {target} (was {active})")
+    target, previous = rollback(settings, args.version)
+    emit(args, {"active": target, "previous": previous},
+         f"active index version is now {target} (was {previous}); the catalog of record holds its products again")
     return 0
 
 
@@ -150,23 +207,40 @@ def register(sub: Subcommands) -> None:
     _build_flags(p, catalog_required=True)
     add_common_flags(p, model=True)
     p.set_defaults(handler=cmd_index_build)
-    p = index.add_parser("rebuild", help="full offline rebuild into a new version, then an atomic swap")
+    p = index.add_parser("rebuild", help="a new version of the catalog of record (or of --catalog), then an atomic "
+                                         "swap")
     _build_flags(p, catalog_required=False)
     add_common_flags(p, model=True)
     p.set_defaults(handler=cmd_index_build)
-    p = index.add_parser("upsert", help="add new and update changed products (only changes are embedded)")
-    _build_flags(p, catalog_required=True)
+    p = index.add_parser("upsert", help="add new and update changed products live (only changes are embedded)")
+    p.add_argument("--catalog", type=Path, required=True, help="CSV, JSONL or Parquet file of the products")
+    p.add_argument("--images-root", type=Path, default=None,
+                   help="base folder for relative image paths (default: the catalog's folder)")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad row instead of skipping it")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_common_flags(p, model=True)
     p.set_defaults(handler=cmd_index_upsert)
-    p = index.add_parser("delete", help="remove products from the index")
+    p = index.add_parser("patch", help="change fields of one product live (price, availability, title, ...)")
+    p.add_argument("product_id")
+    p.add_argument("--set", action="append", required=True, metavar="NAME=VALUE",
+                   help="a field and its new value, e.g. --set price=19.99 --set availability=out_of_stock")
+    add_common_flags(p)
+    p.set_defaults(handler=cmd_index_patch)
+    p = index.add_parser("delete", help="remove products live")
     p.add_argument("--ids", nargs="+", help="product ids")
     p.add_argument("--ids-file", type=Path, help="file with one product id per line")
-    add_common_flags(p, model=True)
+    add_common_flags(p)
     p.set_defaults(handler=cmd_index_delete)
+    p = index.add_parser("compact", help="fold the live changes into a new snapshot (no model time for cached items)")
+    p.add_argument("--keep", type=int, default=3, help="index versions to keep")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_common_flags(p)
+    p.set_defaults(handler=cmd_index_compact)
     p = index.add_parser("versions", help="list index versions (* = active)")
     add_common_flags(p)
     p.set_defaults(handler=cmd_index_versions)
-    p = index.add_parser("rollback", help="make an earlier version active (default: the one before)")
+    p = index.add_parser("rollback", help="make an earlier version active with its products (default: the one "
+                                          "before); live changes since are dropped")
     p.add_argument("version", nargs="?")
     add_common_flags(p)
     p.set_defaults(handler=cmd_index_rollback)

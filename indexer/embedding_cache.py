@@ -28,10 +28,21 @@ class EmbeddingCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "MODEL").write_text(model_id)
         self._vectors: dict[str, np.ndarray] = {}
+        self._loaded: set[str] = set()
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Load the shards other processes wrote since (a long-lived cache: the service's editor)."""
         for shard in sorted(self.dir.glob("shard-*.npz")):
-            with np.load(shard, allow_pickle=False) as data:
-                for key, vec in zip(data["keys"], data["vectors"]):
-                    self._vectors[str(key)] = vec
+            if shard.name in self._loaded:
+                continue
+            try:
+                with np.load(shard, allow_pickle=False) as data:
+                    for key, vec in zip(data["keys"], data["vectors"]):
+                        self._vectors[str(key)] = vec
+            except FileNotFoundError:  # merged away by a compaction meanwhile: its vectors are in the merged shard
+                continue
+            self._loaded.add(shard.name)
 
     def __len__(self) -> int:
         return len(self._vectors)
@@ -53,6 +64,7 @@ class EmbeddingCache:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.dir / name)
+        self._loaded.add(name)
         for key, vec in zip(keys, vectors):
             self._vectors[key] = np.asarray(vec, dtype=self.dtype)
 

@@ -1,83 +1,24 @@
-"""Index changes outside a catalog build: deleting products, upserting records, finding duplicates."""
+"""Catalog upkeep outside a build: validating admin records, finding duplicate products."""
 
 from __future__ import annotations
 
-import json
-import os
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from catalens import artifacts
 from catalens.config import Settings
-from catalens.db import Sessions, open_database
-from catalens.editing import DeleteSummary, UpsertSummary
-from catalens.encoder import ClipEncoder, ModelSpec
+from catalens.db import open_database
 from catalens.errors import ImageSourceRefusedError, InvalidInputError
-from catalens.images import confine_path, is_url, resolve_roots
+from catalens.images import confine_path, is_url
 from catalens.schema import Product, ProductImage
-from indexer import publish
 from indexer.catalog import CatalogRow, RowError, parse_record
-from indexer.embedding_cache import EmbeddingCache
-from indexer.plan import active_images_root
-from indexer.runner import BuildOptions, BuildSummary, build_index
-from indexer.writer import write_version
 
 MAX_UPSERT_RECORDS = 1000
-
-
-def delete_products(settings: Settings, product_ids: list[str], *, keep: int = 3) -> dict:
-    """Mark products deleted (one transaction) and publish a version without them.
-
-    The DB flag hides them from every query at once (the query path drops deleted ids);
-    the new version then drops their vectors. Nothing to delete -> no new version.
-    """
-    with publish.guarded(settings, "delete"):
-        manifest = artifacts.read_manifest(artifacts.active_version_path(settings.index_dir))
-        engine, sessions = open_database(settings.db_url)
-        try:
-            publish.fail_stale_builds(sessions)
-            with sessions.begin() as session:
-                live = set(session.scalars(select(Product.product_id).where(
-                    Product.product_id.in_(product_ids), Product.deleted.is_(False))))
-                session.execute(update(Product).where(Product.product_id.in_(live)).values(deleted=True))
-            result = {"deleted": len(live), "missing": len(set(product_ids) - live),
-                      "version_id": manifest.version_id}
-            if live:
-                result["version_id"] = _republish(settings, sessions, manifest, summary={"deleted": sorted(live)},
-                                                  keep=keep)
-            return result
-        finally:
-            engine.dispose()
-
-
-def _republish(settings: Settings, sessions: Sessions, manifest: artifacts.Manifest, *,
-               summary: dict[str, Any], keep: int) -> str:
-    """A new version from the DB + embedding cache alone (no model), published like a build."""
-    spec = ModelSpec(manifest.model, manifest.pretrained)
-    cache = EmbeddingCache(settings.index_dir / "embeddings", manifest.model_id)
-    # The reranker features carry over from the cache they were written to (no model runs here).
-    features = EmbeddingCache(settings.index_dir / "features", manifest.reranker, dtype=np.float16) \
-        if manifest.reranker else None
-    version_id = publish.start(sessions, model_id=manifest.model_id, catalog=manifest.catalog,
-                               checksum=manifest.catalog_checksum)
-    try:
-        new = write_version(settings, sessions, cache, spec, manifest.dim, manifest.model_id, version_id=version_id,
-                            catalog=manifest.catalog, checksum=manifest.catalog_checksum, factory=manifest.factory,
-                            features=features, images_root=manifest.images_root)
-        publish.publish(settings, sessions, new, keep=keep, summary=summary)
-    except BaseException as exc:
-        publish.fail(settings, sessions, version_id, exc)
-        raise
-    return version_id
-
-
-# --- upsert records (the admin API) -------------------------------------------------------
 
 
 def validate_records(records: list[dict[str, Any]], *, images_root: Path | None = None,
@@ -129,32 +70,6 @@ def _image_path_problem(source: str, images_root: Path | None, roots: Sequence[P
         # The same words whether or not the path exists: the API must not probe the disk.
         return "the path is outside the allowed image folders (the active catalog's folder and CATALENS_IMAGE_ROOTS)"
     return None
-
-
-def upsert_records(settings: Settings, records: list[dict[str, Any]], *, encoder: ClipEncoder | None = None,
-                   keep: int = 3) -> BuildSummary:
-    """Add or update products given as catalog records; publishes a new version.
-
-    The records go through the same incremental build as `catalens index upsert`, so only
-    new or changed images and texts are embedded. They are staged as a JSONL catalog under
-    <index-dir>/incoming/, removed once the build is over.
-    """
-    images_root = active_images_root(settings)
-    validate_records(records, images_root=images_root, roots=resolve_roots([images_root, *settings.image_roots]))
-    incoming = settings.index_dir / "incoming"
-    incoming.mkdir(parents=True, exist_ok=True)
-    path = incoming / f"upsert-{artifacts.new_version_id()}-{uuid.uuid4().hex[:8]}.jsonl"
-    with open(path, "w") as fh:
-        for record in records:
-            fh.write(json.dumps(record, default=str) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    try:
-        # Relative image paths resolve against the active catalog's folder, not incoming/.
-        return build_index(settings, BuildOptions(catalog=path, images_root=images_root, full=False, progress=False,
-                                                  keep=keep, strict=True), encoder=encoder)
-    finally:
-        path.unlink(missing_ok=True)
 
 
 # --- duplicates ----------------------------------------------------------------------------
@@ -269,22 +184,3 @@ def _near_pairs(index: artifacts.FaissIndex, vectors: np.ndarray, ids: np.ndarra
         for j in range(lims[q], lims[q + 1]):
             pairs.append((qid, int(found[j]), float(scores[j])))
     return pairs
-
-
-@dataclass(frozen=True)
-class IndexEditor:
-    """The catalens.editing.CatalogEditor the query service's admin routes call."""
-
-    settings: Settings
-
-    def upsert(self, records: list[dict[str, Any]], *, encoder: ClipEncoder | None = None) -> UpsertSummary:
-        summary = upsert_records(self.settings, records, encoder=encoder)
-        return UpsertSummary(version_id=summary.version_id or "", upserted=summary.indexed,
-                             images_ok=summary.images_ok, images_failed=summary.images_failed,
-                             images_embedded=summary.embedded, images_cached=summary.cached,
-                             texts_embedded=summary.texts_embedded, texts_cached=summary.texts_cached,
-                             vectors=summary.vectors, errors=summary.error_lines[:100])
-
-    def delete(self, product_ids: list[str]) -> DeleteSummary:
-        result = delete_products(self.settings, product_ids)
-        return DeleteSummary(version_id=result["version_id"], deleted=result["deleted"], missing=result["missing"])

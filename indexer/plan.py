@@ -25,28 +25,31 @@ def active_images_root(settings: Settings) -> Path | None:
         return None
 
 
-def build_roots(settings: Settings, *, catalog: Path, images_root: Path | None, full: bool) -> tuple[Path, ...]:
+def build_roots(settings: Settings, *, catalog: Path | None, images_root: Path | None,
+                full: bool) -> tuple[Path, ...]:
     """Folders a build may read image files from: its images root, CATALENS_IMAGE_ROOTS and, for
     an incremental build (which also finishes images earlier builds left), the active catalog's."""
-    own = images_root or catalog.resolve().parent
+    own = images_root or (catalog.resolve().parent if catalog is not None else None)
     base = None if full else active_images_root(settings)
     return resolve_roots([own, base, *settings.image_roots])
 
 
 def image_jobs(sessions: Sessions, caches: Caches | None = None,
                product_ids: set[str] | None = None, *, caption: bool = False,
-               retry_failed: bool = False) -> list[ImageJob]:
+               retry_failed: bool = False, only: bool = False) -> list[ImageJob]:
     """Images a build must read: all live ones, or (incremental) those of the given products
-    plus any another build left unfinished (pending, or ok but missing from the caches).
+    plus any another build left unfinished (pending, or ok but missing from the caches);
+    `only` those products' (a live edit: its cost follows the change, not the catalog).
 
     An image that failed ('error', its reason stored) is not read again by a full build unless
     retry_failed: a poisoned source must not cost every later build a fetch or a read.
     """
-    with sessions() as session:
-        rows = session.execute(
-            select(ProductImage.id, ProductImage.source, ProductImage.status, ProductImage.content_hash,
+    query = select(ProductImage.id, ProductImage.source, ProductImage.status, ProductImage.content_hash,
                    ProductImage.caption, Product.product_id).join(Product).where(Product.deleted.is_(False))
-            .order_by(ProductImage.id)).all()
+    if only and product_ids is not None:
+        query = query.where(Product.product_id.in_(product_ids))
+    with sessions() as session:
+        rows = session.execute(query.order_by(ProductImage.id)).all()
     jobs = []
     for image_id, source, status, digest, text, product_id in rows:
         needs_caption = caption and text is None
@@ -59,11 +62,14 @@ def image_jobs(sessions: Sessions, caches: Caches | None = None,
 
 
 def text_jobs(sessions: Sessions, cache: EmbeddingCache, *,
-              scope: set[str] | None = None) -> tuple[dict[str, str], int]:
-    """({text hash: text} of live products missing from the cache, cache hits within scope)."""
+              scope: set[str] | None = None, only: bool = False) -> tuple[dict[str, str], int]:
+    """({text hash: text} of live products (`only` those in scope) missing from the cache, cache hits within scope)."""
+    query = select(Product.product_id, Product.text_hash, Product.title, Product.description) \
+        .where(Product.deleted.is_(False))
+    if only and scope is not None:
+        query = query.where(Product.product_id.in_(scope))
     with sessions() as session:
-        products = session.execute(select(Product.product_id, Product.text_hash, Product.title, Product.description)
-                                   .where(Product.deleted.is_(False)).order_by(Product.id)).all()
+        products = session.execute(query.order_by(Product.id)).all()
     todo: dict[str, str] = {}
     hits = 0
     for product_id, text_hash, title, description in products:

@@ -1,7 +1,8 @@
 """Publish stage: a staged version is validated, promoted, made active and recorded; old ones pruned.
 
-The one lifecycle every change goes through: a catalog build, a rebuild, an upsert, a delete.
-A version row is 'building' from start() until publish() marks it 'ready', or fail() 'failed'.
+The one lifecycle of every snapshot: a catalog build, a rebuild, a compaction. A version row
+is 'building' from start() until publish() marks it 'ready', or fail() 'failed'; a failed or
+killed one leaves the catalog of record as queries see it (indexer.store.restore_active).
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from catalens import artifacts
+from catalens import artifacts, changes
 from catalens.config import Settings
-from catalens.db import Sessions, refresh_statistics
-from catalens.errors import InsufficientStorageError, PublishRefusedError
+from catalens.db import Sessions, open_database, refresh_statistics
+from catalens.errors import CatalensError, InsufficientStorageError, PublishRefusedError
+from catalens.product_table import PRODUCTS, ProductTable
 from catalens.schema import IndexVersion
 from indexer.lock import builder_lock
+from indexer.store import restore, restore_active
 
 LOG = logging.getLogger(__name__)
 # An incremental batch smaller than this is never refused for its image failure ratio: one
@@ -26,11 +29,12 @@ LOG = logging.getLogger(__name__)
 MIN_IMAGES_FOR_RATIO = 10
 
 
-def fail_stale_builds(sessions: Sessions) -> list[str]:
+def fail_stale_builds(settings: Settings, sessions: Sessions) -> list[str]:
     """Mark versions still 'building' as failed; call only while holding the builder lock.
 
     Whoever holds the lock is the only live builder, so any other 'building' row belongs
-    to a builder that died (SIGKILL, OOM, power loss) before it could record its end.
+    to a builder that died (SIGKILL, OOM, power loss) before it could record its end; what it
+    wrote to the catalog of record is put back to what queries see.
     """
     with sessions.begin() as session:
         stale = list(session.scalars(select(IndexVersion.version_id).where(IndexVersion.status == "building")))
@@ -39,6 +43,7 @@ def fail_stale_builds(sessions: Sessions) -> list[str]:
                 status="failed", summary={"error": "the builder died before finishing (found by a later build)"}))
     if stale:
         LOG.warning("marked %d interrupted build(s) as failed: %s", len(stale), ", ".join(stale))
+        restore_active(settings, sessions)
     return stale
 
 
@@ -65,13 +70,19 @@ def guarded(settings: Settings, what: str) -> Iterator[None]:
             artifacts.clean_staging(settings.index_dir)  # the reserve (a failed change has removed it already)
 
 
-def start(sessions: Sessions, *, model_id: str, catalog: str, checksum: str) -> str:
-    """Record a new version as 'building' and return its id."""
+def start(sessions: Sessions, *, model_id: str, catalog: str, checksum: str, kind: str = "build") -> str:
+    """Record a new version (or live edit) as 'building' and return its id."""
     version_id = artifacts.new_version_id()
     with sessions.begin() as session:
-        session.add(IndexVersion(version_id=version_id, status="building", model=model_id,
+        session.add(IndexVersion(version_id=version_id, status="building", model=model_id, kind=kind,
                                  catalog=catalog, catalog_checksum=checksum))
     return version_id
+
+
+def watermark(sessions: Sessions) -> int:
+    """The last live change a snapshot built now holds (edits wait for the builder lock)."""
+    with sessions() as session:
+        return changes.last_seq(session)
 
 
 def check_failure_ratio(settings: Settings, *, images_ok: int, images_failed: int, full: bool) -> None:
@@ -88,18 +99,21 @@ def check_failure_ratio(settings: Settings, *, images_ok: int, images_failed: in
 
 def publish(settings: Settings, sessions: Sessions, manifest: artifacts.Manifest, *, keep: int,
             summary: dict[str, Any]) -> None:
-    """Promote the staged version, make it active (atomic pointer swap), prune, record it 'ready'."""
+    """Promote the staged version, make it active with no live changes over it (atomic pointer swap),
+    prune, record it 'ready' and drop the change log it holds."""
     artifacts.promote_staging(settings.index_dir, manifest.version_id)
-    artifacts.set_active(settings.index_dir, manifest.version_id)
+    artifacts.set_active(settings.index_dir, manifest.version_id, since_seq=manifest.watermark)
     artifacts.prune_versions(settings.index_dir, keep)
     with sessions.begin() as session:
         session.execute(update(IndexVersion).where(IndexVersion.version_id == manifest.version_id).values(
             status="ready", dim=manifest.dim, count=manifest.count, factory=manifest.factory, summary=summary))
+        changes.prune(session, manifest.watermark)
     refresh_statistics(sessions)
 
 
 def fail(settings: Settings, sessions: Sessions, version_id: str, exc: BaseException) -> None:
-    """Remove what the version staged and record it 'failed' with its reason (best effort on a full disk)."""
+    """Remove what the version staged, record it 'failed' with its reason and put the catalog of
+    record back to what queries see (best effort on a full disk: else the next build does)."""
     # Free space first (staging and its reserve): on a full disk, recording the failure needs it.
     artifacts.clean_staging(settings.index_dir)
     for tmp in (*settings.index_dir.glob("embeddings/*/.shard-*.tmp"),
@@ -107,8 +121,44 @@ def fail(settings: Settings, sessions: Sessions, version_id: str, exc: BaseExcep
         tmp.unlink(missing_ok=True)
     error = f"disk full: {exc}" if artifacts.is_disk_full(exc) else str(exc)
     try:
+        # Restored before the row leaves 'building': if this fails, the next build finds the
+        # row still 'building' and restores then (fail_stale_builds).
+        restore_active(settings, sessions)
         with sessions.begin() as session:
             session.execute(update(IndexVersion).where(IndexVersion.version_id == version_id)
                             .values(status="failed", summary={"error": error[:2000]}))
-    except Exception as record_exc:  # the next build marks it failed (fail_stale_builds)
-        LOG.error("could not record build %s as failed (%s): %s", version_id, error[:200], record_exc)
+    except Exception as record_exc:
+        LOG.error("could not record build %s as failed (%s): %s; the next build will", version_id, error[:200],
+                  record_exc)
+
+
+def rollback(settings: Settings, target: str | None = None) -> tuple[str, str | None]:
+    """Make an earlier version active again, with exactly what it answered: the catalog of record
+    goes back to its products, and no live change is served over it. Returns (target, previous)."""
+    with builder_lock(settings.index_dir):
+        engine, sessions = open_database(settings.db_url)
+        try:
+            fail_stale_builds(settings, sessions)
+            versions = [m.version_id for m in artifacts.list_versions(settings.index_dir)]
+            active = artifacts.read_active(settings.index_dir)
+            if target is None:
+                older = [v for v in versions if active is None or v < active]
+                if not older:
+                    raise CatalensError(f"no version older than {active} to roll back to")
+                target = older[-1]
+            path = artifacts.versions_dir(settings.index_dir) / target
+            if target not in versions:
+                raise CatalensError(f"no index version {target!r} in {artifacts.versions_dir(settings.index_dir)} "
+                                    f"(see `catalens index versions`)")
+            artifacts.load_version(path)  # complete and intact, before anything changes
+            table = ProductTable.load(path / PRODUCTS)
+            with sessions.begin() as session:
+                restore(session, table.all_records())
+                since = changes.last_seq(session)
+            # Killed between the two steps: the catalog of record is already the target's and a
+            # rerun finishes the swap.
+            artifacts.set_active(settings.index_dir, target, since_seq=since)
+            refresh_statistics(sessions)
+        finally:
+            engine.dispose()
+    return target, active

@@ -22,7 +22,7 @@ from catalens.encoder import ClipEncoder, ModelSpec, load_clip
 from catalens.errors import CaptionUnsupportedError, CatalensError
 from catalens.reranker import load_reranker
 from indexer import publish
-from indexer.catalog import check_catalog_path
+from indexer.catalog import CatalogRow, check_catalog_path
 from indexer.embedder import EmbedCounts, Embedder, embed_images, embed_texts
 from indexer.embedding_cache import Caches, EmbeddingCache, feature_cache, remove_partial_shards
 from indexer.plan import build_roots, image_jobs, text_jobs
@@ -67,7 +67,7 @@ class BuildSummary:
 
 @dataclass(frozen=True)
 class BuildOptions:
-    catalog: Path
+    catalog: Path | None  # None: a new snapshot of the catalog of record (rebuild, compact)
     images_root: Path | None = None
     strict: bool = False
     factory: str | None = None
@@ -92,14 +92,17 @@ def timed(summary: BuildSummary, stage: str) -> Iterator[None]:
 
 def build_index(settings: Settings, options: BuildOptions, *, encoder: ClipEncoder | None = None,
                 embedder: Embedder | None = None) -> BuildSummary:
-    """Build a new index version from a catalog and make it active; safe to kill and rerun.
+    """Build a new index version and make it active; safe to kill and rerun.
 
-    A full build syncs the whole catalog (products absent from it are deleted); an
-    incremental one (options.full=False) upserts its rows and reads only their images.
-    Either way only images and texts missing from the embedding cache reach the model.
+    From a catalog file, a full build syncs the whole catalog into the catalog of record
+    (products absent from it are deleted); without one it snapshots the catalog of record as
+    it is (rebuild, compaction). Only images and texts missing from the embedding cache reach
+    the model. Until the publish, queries see nothing of it; a refused or failed build puts
+    the catalog of record back as it was.
     """
     start = time.monotonic()
-    check_catalog_path(options.catalog)
+    if options.catalog is not None:
+        check_catalog_path(options.catalog)
     with publish.guarded(settings, "build"):
         engine, sessions = open_database(settings.db_url)
         try:
@@ -110,7 +113,7 @@ def build_index(settings: Settings, options: BuildOptions, *, encoder: ClipEncod
 
 def _build_locked(settings: Settings, options: BuildOptions, sessions: Sessions, *,
                   encoder: ClipEncoder | None, embedder: Embedder | None, start: float) -> BuildSummary:
-    publish.fail_stale_builds(sessions)
+    publish.fail_stale_builds(settings, sessions)
     encoder = encoder or load_clip(ModelSpec(settings.model, settings.pretrained), device=settings.device)
     embedder = embedder or Embedder(encoder)
     if embedder.reranker is None and (settings.rerank_features or options.caption):
@@ -120,9 +123,10 @@ def _build_locked(settings: Settings, options: BuildOptions, sessions: Sessions,
             f"--caption needs a reranker that can write captions (CATALENS_RERANKER=coca:...); "
             f"{settings.reranker!r} cannot")
     set_threads(settings.torch_threads())
-    checksum = file_sha256(options.catalog) if options.catalog.is_file() else ""
-    version_id = publish.start(sessions, model_id=encoder.model_id, catalog=str(options.catalog), checksum=checksum)
-    summary = BuildSummary(version_id=version_id, catalog=str(options.catalog))
+    checksum = file_sha256(options.catalog) if options.catalog is not None and options.catalog.is_file() else ""
+    catalog = str(options.catalog) if options.catalog is not None else "catalog of record"
+    version_id = publish.start(sessions, model_id=encoder.model_id, catalog=catalog, checksum=checksum)
+    summary = BuildSummary(version_id=version_id, catalog=catalog)
     try:
         manifest, cache = _run_stages(settings, options, sessions, encoder, embedder, summary, checksum=checksum)
         summary.seconds = round(time.monotonic() - start, 2)
@@ -140,13 +144,17 @@ def _run_stages(settings: Settings, options: BuildOptions, sessions: Sessions, e
                 embedder: Embedder, summary: BuildSummary, *, checksum: str) -> tuple[artifacts.Manifest, EmbeddingCache]:
     """sync -> plan -> embed -> write; returns the staged, validated manifest (publish is the caller's)."""
     version_id = summary.version_id or ""
+    rows: list[CatalogRow] = []
     with timed(summary, "sync"):
-        rows, errors, summary.read = read_rows(options.catalog, images_root=options.images_root, strict=options.strict)
-        summary.skipped, summary.indexed = len(errors), len(rows)
-        summary.error_lines.extend(str(e) for e in errors)
-        with sessions.begin() as session:
-            record_row_errors(session, version_id, errors)
-            summary.deleted = sync_products(session, rows, full=options.full)
+        if options.catalog is not None:
+            rows, errors, summary.read = read_rows(options.catalog, images_root=options.images_root,
+                                                   strict=options.strict)
+            summary.skipped, summary.indexed = len(errors), len(rows)
+            summary.error_lines.extend(str(e) for e in errors)
+            with sessions.begin() as session:
+                record_row_errors(session, version_id, errors)
+                summary.deleted = sync_products(session, rows, full=options.full)
+        watermark = publish.watermark(sessions)
     with timed(summary, "plan"):
         cache = EmbeddingCache(settings.index_dir / "embeddings", encoder.model_id)
         remove_partial_shards(cache)
@@ -154,7 +162,7 @@ def _run_stages(settings: Settings, options: BuildOptions, sessions: Sessions, e
         if features is not None:
             remove_partial_shards(features)
         caches = Caches(cache, features)
-        scope = None if options.full else {r.product_id for r in rows}
+        scope = None if options.full or options.catalog is None else {r.product_id for r in rows}
         jobs = image_jobs(sessions, caches, scope, caption=options.caption, retry_failed=options.retry_failed)
         texts, summary.texts_cached = text_jobs(sessions, cache, scope=scope)
     with timed(summary, "embed"):
@@ -163,7 +171,7 @@ def _run_stages(settings: Settings, options: BuildOptions, sessions: Sessions, e
                              image_size=encoder.image_size, is_cached=caches.has,
                              rerank_preprocess=embedder.separate_rerank_preprocess(),
                              roots=build_roots(settings, catalog=options.catalog, images_root=options.images_root,
-                                               full=options.full))
+                                               full=options.full and options.catalog is not None))
         embed_images(jobs, reader, embedder, caches, sessions=sessions, version_id=version_id, counts=counts,
                      batch_size=settings.batch_size, workers=settings.decode_workers, progress=options.progress)
         embed_texts(texts, embedder, cache, counts, batch_size=settings.batch_size)
@@ -171,14 +179,17 @@ def _run_stages(settings: Settings, options: BuildOptions, sessions: Sessions, e
         summary.embedded, summary.cached, summary.texts_embedded = counts.embedded, counts.cached, counts.texts_embedded
         summary.error_lines.extend(counts.error_lines)
     with timed(summary, "write"):
-        # The manifest names the catalog a later `rebuild` without --catalog re-reads: an
-        # incremental batch is not a whole catalog, so it keeps the one it was applied to.
-        own_root = str((options.images_root or options.catalog.parent).resolve())
-        base_catalog, base_checksum, base_root = (str(options.catalog.resolve()), checksum, own_root) \
-            if options.full else _base_catalog(settings, str(options.catalog.resolve()), checksum, own_root)
+        # The manifest names the catalog file the catalog of record last took whole, and the
+        # folder its relative image paths resolved against: a rebuild keeps the active one's.
+        if options.catalog is not None and options.full:
+            base_catalog, base_checksum = str(options.catalog.resolve()), checksum
+            base_root = str((options.images_root or options.catalog.parent).resolve())
+        else:
+            base_catalog, base_checksum, base_root = _base_catalog(settings)
         manifest = write_version(settings, sessions, cache, encoder.spec, encoder.dim, encoder.model_id,
                                  version_id=version_id, features=features, images_root=base_root,
-                                 catalog=base_catalog, checksum=base_checksum, factory=options.factory)
+                                 catalog=base_catalog, checksum=base_checksum, factory=options.factory,
+                                 watermark=watermark)
         summary.vectors, summary.factory = manifest.count, manifest.factory
         if summary.skipped or summary.images_failed:
             summary.errors_hint = f"catalens index errors --index-dir {settings.index_dir} --version {version_id}"
@@ -187,11 +198,11 @@ def _run_stages(settings: Settings, options: BuildOptions, sessions: Sessions, e
     return manifest, cache
 
 
-def _base_catalog(settings: Settings, catalog: str, checksum: str, images_root: str) -> tuple[str, str, str]:
-    """The catalog (and images root) an incremental batch applies to: the active version's."""
+def _base_catalog(settings: Settings) -> tuple[str, str, str]:
+    """(catalog, checksum, images root) of the active version, which a rebuild or an incremental batch keeps."""
     try:
         active = artifacts.read_manifest(artifacts.active_version_path(settings.index_dir))
     except CatalensError:
-        return catalog, checksum, images_root
+        return "", "", ""
     folder = active.image_folder()
-    return active.catalog, active.catalog_checksum, str(folder) if folder else images_root
+    return active.catalog, active.catalog_checksum, str(folder) if folder else ""

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from catalens.errors import CatalogError
 from catalens.images import is_url
+from catalens.records import DEFAULT_AVAILABILITY
 from catalens.schema import IngestError, Product, ProductImage, utcnow
 from indexer.catalog import CatalogRow, RowError, read_catalog
 
@@ -50,9 +51,14 @@ def record_row_errors(session: Session, version_id: str, errors: list[RowError])
 
 
 def sync_products(session: Session, rows: list[CatalogRow], *, full: bool) -> int:
-    """Insert new and update changed products and their image lists; a full sync deletes the rest."""
-    existing = {p.product_id: p for p in session.scalars(
-        select(Product).options(selectinload(Product.images)))}
+    """Insert new and update changed products and their image lists; a full sync deletes the rest.
+
+    Products keep their availability unless the row gives one (a catalog without the column
+    must not put every product back in stock)."""
+    query = select(Product).options(selectinload(Product.images))
+    if not full:  # an incremental batch reads only its own products
+        query = query.where(Product.product_id.in_([r.product_id for r in rows]))
+    existing = {p.product_id: p for p in session.scalars(query)}
     for row in rows:
         product = existing.get(row.product_id)
         if product is None:
@@ -61,6 +67,8 @@ def sync_products(session: Session, rows: list[CatalogRow], *, full: bool) -> in
         product.title, product.description = row.title, row.description
         product.category, product.brand, product.price = row.category, row.brand, row.price
         product.currency, product.attributes = row.currency, row.attributes
+        if row.availability is not None or product.availability is None:
+            product.availability = row.availability or DEFAULT_AVAILABILITY
         product.text_hash, product.deleted, product.updated_at = row.text_hash, False, utcnow()
         _sync_images(product, row.images)
     deleted = 0

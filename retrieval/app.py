@@ -20,6 +20,7 @@ from catalens import artifacts
 from catalens.config import Settings, set_threads
 from catalens.editing import CatalogEditor
 from catalens.errors import CatalensError
+from retrieval.jobs import JobRunner
 from retrieval.limits import (
     MULTIPART_SLACK,
     BodyLimit,
@@ -34,7 +35,6 @@ from retrieval.searcher import Searcher
 
 LOG = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).parent / "web"
-WATCH_INTERVAL_S = 2.0
 
 
 # Statuses Starlette/FastAPI raise themselves, as documented error codes (400 is handled apart).
@@ -76,22 +76,30 @@ def try_reload(searcher: Searcher) -> None:
         LOG.warning("index not loaded: %s", exc.message)
 
 
-async def watch_active_pointer(searcher: Searcher, index_dir: Path) -> None:
-    """Pick up a newly published version without a restart (loaded off the request path)."""
+def follow_changes(searcher: Searcher, index_dir: Path) -> None:
+    """One look: a new active version or a rollback -> reload; else apply the new live changes."""
+    try:
+        state = artifacts.read_active_state(index_dir)
+        if state is not None and (state.version_id, state.since_seq) != searcher.active_state:
+            searcher.reload()
+        elif searcher.current is not None:
+            searcher.refresh_live()
+    except CatalensError as exc:
+        LOG.warning("index not (re)loaded: %s", exc.message)
+
+
+async def watch_index(searcher: Searcher, index_dir: Path, interval_s: float) -> None:
+    """Pick up a newly published version and live changes (written by any process) without a
+    restart, off the request path: visible to queries within interval_s plus the load."""
     while True:
-        await asyncio.sleep(WATCH_INTERVAL_S)
-        try:
-            active = artifacts.read_active(index_dir)
-        except CatalensError:
-            continue
-        if active and active != searcher.current_version:
-            await asyncio.to_thread(try_reload, searcher)
+        await asyncio.sleep(interval_s)
+        await asyncio.to_thread(follow_changes, searcher, index_dir)
 
 
 def create_app(settings: Settings | None = None, *, searcher: Searcher | None = None,
                editor: CatalogEditor | None = None) -> FastAPI:
     """The query service. Pass a searcher to share an already loaded model (tests, benchmarks), and
-    an editor (indexer.maintenance.IndexEditor) to enable the admin write routes."""
+    an editor (indexer.live.IndexEditor) to enable the admin write routes and background jobs."""
     settings = settings or Settings()
     metrics = Metrics()
 
@@ -106,11 +114,18 @@ def create_app(settings: Settings | None = None, *, searcher: Searcher | None = 
         searcher.observe = metrics.observe_stage
         app.state.searcher = searcher
         await asyncio.to_thread(try_reload, searcher)
-        watcher = asyncio.create_task(watch_active_pointer(searcher, settings.index_dir))
+        watcher = asyncio.create_task(watch_index(searcher, settings.index_dir, settings.live_poll_s))
+        jobs = None
+        if editor is not None:
+            jobs = JobRunner(searcher.sessions, editor, after=lambda: follow_changes(searcher, settings.index_dir))
+            jobs.start()
+        app.state.jobs = jobs
         try:
             yield
         finally:
             watcher.cancel()
+            if jobs is not None:
+                await asyncio.to_thread(jobs.stop)
             searcher.observe = previous_observe
 
     # redirect_slashes off: `/v1/search/text/` is a plain 404, never a 307 whose Location

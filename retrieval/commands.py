@@ -8,7 +8,9 @@ from pathlib import Path
 from catalens.commandline import Subcommands, add_common_flags, emit
 from catalens.config import Settings
 from catalens.errors import InvalidInputError
-from retrieval.searcher import Filters, Searcher, SearchOutcome
+from catalens.filters import Filters
+from catalens.records import AVAILABILITY
+from retrieval.searcher import Searcher, SearchOutcome
 
 
 def _loaded_searcher(settings: Settings) -> Searcher:
@@ -31,7 +33,8 @@ def _print_results(args: argparse.Namespace, outcome: SearchOutcome) -> None:
 
 
 def _filters(args: argparse.Namespace) -> Filters:
-    return Filters(tuple(args.category or ()), tuple(args.brand or ()), args.price_min, args.price_max)
+    return Filters(tuple(args.category or ()), tuple(args.brand or ()), args.price_min, args.price_max,
+                   tuple(args.availability or ()))
 
 
 def cmd_search_text(args: argparse.Namespace, settings: Settings) -> int:
@@ -83,6 +86,8 @@ def _filter_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--brand", action="append", help="keep only this brand (repeatable)")
     p.add_argument("--price-min", type=float, default=None)
     p.add_argument("--price-max", type=float, default=None)
+    p.add_argument("--availability", action="append", choices=AVAILABILITY,
+                   help="keep only products with this availability, e.g. in_stock (repeatable)")
     p.add_argument("--rerank", action="store_true", help="reorder the top candidates with the reranker")
     p.add_argument("--rerank-top-n", type=_top_n, default=None, metavar="N",
                    help="candidates the reranker reads (1..100, default 20)")

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from catalens.config import Settings
 from catalens.editing import CatalogEditor
 from catalens.errors import ForbiddenError, IndexNotReadyError
+from retrieval.jobs import JobRunner
 from retrieval.metrics import Metrics
 from retrieval.searcher import NOT_READY_MESSAGE, Searcher, Snapshot
 
@@ -33,6 +34,12 @@ def get_editor(request: Request) -> CatalogEditor:
     return editor
 
 
+def get_jobs(request: Request) -> JobRunner:
+    """The background job runner (there is one whenever admin writes are on)."""
+    get_editor(request)
+    return request.app.state.jobs
+
+
 def require_snapshot(request: Request) -> Snapshot:
     """The snapshot being served; 503 index_not_ready before the first index is loaded."""
     snap = get_searcher(request).current
@@ -45,5 +52,6 @@ SearcherDep = Annotated[Searcher, Depends(get_searcher)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 EditorDep = Annotated[CatalogEditor, Depends(get_editor)]
+JobsDep = Annotated[JobRunner, Depends(get_jobs)]
 SnapshotDep = Annotated[Snapshot, Depends(require_snapshot)]
 RequireSnapshot = Depends(require_snapshot)

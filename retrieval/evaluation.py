@@ -57,8 +57,8 @@ def evaluate_queries(searcher: Any, path: Path, *, k: int = 10, rerank: bool = F
     """Run every labelled query through the searcher; metrics per query set (and `<set>+rerank`)."""
     from tqdm import tqdm
 
+    from catalens.filters import Filters
     from catalens.images import decode_image
-    from retrieval.searcher import Filters
 
     ranked: dict[str, list[list[str]]] = {}
     relevant: dict[str, list[set[str]]] = {}

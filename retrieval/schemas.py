@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from catalens.records import Availability
 from catalens.validation import text_problem
 
 MAX_K = 100
@@ -59,6 +60,8 @@ class FiltersIn(BaseModel):
     brand: list[Text] = Field(default_factory=list, max_length=200)
     price_min: float | None = Field(default=None, ge=0, allow_inf_nan=False, strict=True)
     price_max: float | None = Field(default=None, ge=0, allow_inf_nan=False, strict=True)
+    availability: list[Availability] = Field(default_factory=list, max_length=4,
+                                             description="e.g. [\"in_stock\"]: only products a shopper can buy now")
 
     _finite = field_validator("price_min", "price_max")(require_finite)
 
@@ -88,6 +91,7 @@ class ResultOut(BaseModel):
     brand: str | None
     price: float | None
     currency: str | None
+    availability: str
     image_url: str | None
     thumbnail_url: str | None
     first_stage_score: float | None = Field(default=None, description="CLIP cosine, when reranked")
@@ -119,6 +123,7 @@ class ProductOut(BaseModel):
     brand: str | None
     price: float | None
     currency: str | None
+    availability: str
     attributes: dict[str, Any]
     images: list[ImageOut]
     index_version: str | None
@@ -137,6 +142,7 @@ class PriceRange(BaseModel):
 class FacetsOut(BaseModel):
     category: list[FacetValue]
     brand: list[FacetValue]
+    availability: list[FacetValue]
     price: PriceRange
     index_version: str | None
     reranker: str | None = Field(default=None, description="the second stage this server runs, if any")
@@ -163,6 +169,7 @@ ERROR_DESCRIPTIONS = {
     415: "the upload is not a JPEG, PNG, WEBP or GIF image (`unsupported_image`)",
     422: "invalid input: bad field values, an unparseable body (`invalid_input`)",
     503: "no index loaded yet (`index_not_ready`) or the index is unusable",
+    507: "the index folder's disk is too full for the change (`insufficient_storage`)",
 }
 
 
@@ -185,7 +192,7 @@ def result_from_hit(hit: Any) -> ResultOut:
     p = hit.product
     return ResultOut(product_id=p.product_id, score=round(float(hit.score), 6), title=p.title,
                      category=p.category, brand=p.brand, price=p.price, currency=p.currency,
-                     image_url=image_url(p.product_id, hit.image_position),
+                     availability=p.availability, image_url=image_url(p.product_id, hit.image_position),
                      thumbnail_url=image_url(p.product_id, hit.image_position, thumb=True),
                      first_stage_score=_rounded(hit.first_stage_score), rerank_score=_rounded(hit.rerank_score),
                      caption=hit.caption)

@@ -1,9 +1,12 @@
-"""Query path: encoder -> FAISS (with filters) -> metadata. An immutable snapshot per index version."""
+"""Query path: encoder -> FAISS (filters inside the search) + the live layer -> records.
+
+A request reads one View: an immutable snapshot (an index version: vectors and products) and
+the live layer of changes over it. Nothing on the request path reads the metadata tables.
+"""
 
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import math
 import threading
@@ -16,17 +19,19 @@ from typing import Any
 
 import numpy as np
 from cachetools import LRUCache
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from catalens import artifacts
-from catalens.artifacts import TEXT_ID_BASE
+from catalens import artifacts, changes
+from catalens.changes import LiveVectors
 from catalens.config import Settings
 from catalens.encoder import ClipEncoder
 from catalens.errors import CatalensError, IndexArtifactError, IndexNotReadyError, InvalidInputError, NotFoundError
+from catalens.filters import Filters
+from catalens.product_table import PRODUCTS, ProductTable
 from catalens.ranking import fused_score
+from catalens.records import ProductRecord
 from catalens.reranker import Reranker
-from catalens.schema import Product, ProductImage
+from retrieval.live import LiveLayer
 
 LOG = logging.getLogger(__name__)
 # Says what to do, never where the index lives (that stays in the server log).
@@ -35,42 +40,26 @@ NOT_READY_MESSAGE = "no index is loaded yet: build one with `catalens index buil
 # vectors per product), at least FILTERED_MIN_FETCH, and grow the fetch x4 while short.
 FILTERED_FETCH_FACTOR = 2
 FILTERED_MIN_FETCH = 32
-ALLOWED_CACHE_SIZE = 64  # filters whose allowed vector ids a snapshot keeps (at most 8 B per vector each)
+ALLOWED_CACHE_SIZE = 64  # filters whose allowed vectors a snapshot keeps (1 B per vector each)
+FACETS_FIELDS = ("category", "brand", "availability")
 
-
-@dataclass(frozen=True)
-class Filters:
-    category: tuple[str, ...] = ()
-    brand: tuple[str, ...] = ()
-    price_min: float | None = None
-    price_max: float | None = None
-
-    @property
-    def active(self) -> bool:
-        return bool(self.category or self.brand or self.price_min is not None or self.price_max is not None)
-
-    def clauses(self) -> list[Any]:
-        out: list[Any] = [Product.deleted.is_(False)]
-        if self.category:
-            out.append(Product.category.in_(self.category))
-        if self.brand:
-            out.append(Product.brand.in_(self.brand))
-        if self.price_min is not None:
-            out.append(Product.price >= self.price_min)
-        if self.price_max is not None:
-            out.append(Product.price <= self.price_max)
-        return out
+__all__ = ["Filters", "Hit", "SearchOutcome", "Searcher", "Snapshot", "View", "load_snapshot"]
 
 
 @dataclass
 class Hit:
-    product: Product
+    product: ProductRecord
     score: float
     image_position: int | None
     vector_id: int = -1  # the product's best-matching vector (its image, or its text fallback)
     first_stage_score: float | None = None
     rerank_score: float | None = None
-    caption: str | None = None  # generated at index time, when the build stored captions
+
+    @property
+    def caption(self) -> str | None:
+        """Generated at index time, when the build stored captions."""
+        img = self.product.image_at(self.image_position)
+        return img.caption if img else None
 
 
 @dataclass
@@ -87,14 +76,10 @@ class Snapshot:
 
     manifest: artifacts.Manifest
     images: artifacts.FaissIndex
-    texts: artifacts.FaissIndex
-    owner: dict[int, tuple[int, int]]  # vector id -> (product pk, image position or -1)
-    vectors_of: dict[int, list[int]] = field(default_factory=dict)  # product pk -> vector ids
+    products: ProductTable
     rerank: artifacts.RerankFeatures | None = None  # stored second-stage image features
-    has_captions: bool = False  # decided once per version, so searches skip the lookup otherwise
-    # Allowed vector ids per filter, for this version only: shoppers repeat filters (category pages),
-    # and reading 50k ids from SQL was most of a broad filtered query. Rows whose fields changed
-    # since are still checked against the filters when results are resolved.
+    # Vectors allowed per filter (a mask over vector_table), for this version only: shoppers
+    # repeat filters (category pages).
     allowed_cache: LRUCache[Filters, np.ndarray] = field(
         default_factory=lambda: LRUCache(maxsize=ALLOWED_CACHE_SIZE), repr=False, compare=False)
     allowed_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -104,96 +89,167 @@ class Snapshot:
         return self.manifest.version_id
 
     @functools.cached_property
-    def vector_table(self) -> tuple[np.ndarray, np.ndarray, int]:
-        """(vector ids sorted, their product pks, 1 + the largest pk): filters map products to vectors."""
-        vids = np.fromiter(self.owner, np.int64, len(self.owner))
-        owners = np.fromiter((pk for pk, _ in self.owner.values()), np.int64, len(self.owner))
-        order = np.argsort(vids)
-        return vids[order], owners[order], int(owners.max(initial=0)) + 1
+    def vector_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(vector ids sorted, the product row of each, its image position or -1)."""
+        table = self.products
+        order = np.argsort(table.vector_ids, kind="stable")
+        return table.vector_ids[order], table.vector_rows[order], table.vector_positions[order]
+
+    @functools.cached_property
+    def row_offsets(self) -> np.ndarray:
+        """Where each product row's vectors start in the products file's flattened vector list."""
+        return np.searchsorted(self.products.vector_rows, np.arange(len(self.products) + 1))
+
+    def owners(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(product row, image position) of each vector id; row -1 for an id not in this version."""
+        vids, rows, positions = self.vector_table
+        at = np.minimum(np.searchsorted(vids, ids), max(len(vids) - 1, 0))
+        ok = (vids[at] == ids) if len(vids) else np.zeros(len(ids), bool)
+        return np.where(ok, rows[at], -1), np.where(ok, positions[at], -1)
+
+    def vector_ids_of_row(self, row: int) -> np.ndarray:
+        start, end = self.row_offsets[row], self.row_offsets[row + 1]
+        return self.products.vector_ids[start:end]
+
+    def product_vectors(self, pk: int) -> LiveVectors | None:
+        """A product's vectors as this version holds them (copied into the live layer by a patch)."""
+        row = self.products.row(pk)
+        if row < 0:
+            return None
+        start, end = self.row_offsets[row], self.row_offsets[row + 1]
+        ids = self.products.vector_ids[start:end]
+        rerank = self.rerank.lookup(ids) if self.rerank is not None else None
+        return LiveVectors(ids, self.products.vector_positions[start:end], self.images.reconstruct(ids),
+                           ids[rerank[0]] if rerank is not None else None,
+                           np.asarray(rerank[1]) if rerank is not None else None)
 
 
-def load_snapshot(settings: Settings, sessions: sessionmaker[Session], encoder: ClipEncoder,
-                  reranker_id: str | None = None) -> Snapshot:
-    """Load and verify the active version; refuse one built with another model."""
-    path = artifacts.active_version_path(settings.index_dir)
-    manifest, images, texts = artifacts.load_version(path)
+@dataclass(frozen=True)
+class View:
+    """What one request reads: a snapshot and the live changes over it."""
+
+    snap: Snapshot
+    live: LiveLayer
+
+    @property
+    def version_id(self) -> str:
+        return self.snap.version_id
+
+
+def load_snapshot(settings: Settings, encoder: ClipEncoder, reranker_id: str | None = None) -> tuple[Snapshot, int]:
+    """Load and verify the active version, and the change seq its live layer starts after;
+    refuse one built with another model."""
+    state = artifacts.read_active_state(settings.index_dir)
+    if state is None:
+        raise IndexNotReadyError(f"no index in {settings.index_dir}: build one with "
+                                 "`catalens index build --catalog FILE`")
+    path = artifacts.versions_dir(settings.index_dir) / state.version_id
+    manifest, images, _ = artifacts.load_version(path)
     if manifest.model_id != encoder.model_id or manifest.dim != encoder.dim:
         raise IndexArtifactError(
             f"index version {manifest.version_id} was built with model {manifest.model_id!r} "
             f"(dim {manifest.dim}) but the service loaded {encoder.model_id!r} (dim {encoder.dim}); "
             "serve with the same --model/--pretrained or rebuild the index")
-    with sessions() as session:
-        rows = session.execute(select(ProductImage.id, ProductImage.product_pk, ProductImage.position)).all()
-    owner = {int(i): (int(pk), int(pos)) for i, pk, pos in rows}
-    for pid in texts.ids():
-        owner[TEXT_ID_BASE + int(pid)] = (int(pid), -1)
-    present = set(images.ids().tolist())
-    owner = {vid: where for vid, where in owner.items() if vid in present}
-    vectors_of: dict[int, list[int]] = {}
-    for vid, (pk, _) in owner.items():
-        vectors_of.setdefault(pk, []).append(vid)
+    products = ProductTable.load(path / PRODUCTS)
     rerank = artifacts.load_rerank_features(path, manifest)
     if rerank is not None and manifest.reranker != reranker_id:
         # Features of another reranker would be read as garbage: decode candidates instead.
         LOG.warning("index version %s stores features of reranker %s, not of %s; reranking decodes images",
                     manifest.version_id, manifest.reranker, reranker_id)
         rerank = None
-    with sessions() as session:
-        has_captions = session.scalar(select(ProductImage.id).where(ProductImage.caption.is_not(None)).limit(1))
-    snap = Snapshot(manifest, images, texts, owner, vectors_of, rerank, has_captions is not None)
-    _ = snap.vector_table  # built here, off the request path, not by the first filtered query
-    return snap
+    snap = Snapshot(manifest, images, products, rerank)
+    _ = snap.vector_table, snap.row_offsets  # built here, off the request path
+    return snap, state.since_seq
 
 
 class Searcher:
-    """Answers text, image and similar-product queries against the current snapshot."""
+    """Answers text, image and similar-product queries against the current view."""
 
     def __init__(self, settings: Settings, sessions: sessionmaker[Session], encoder: ClipEncoder,
                  *, observe: Callable[[str, float], None] | None = None, reranker: Reranker | None = None) -> None:
         self.settings = settings
-        self.sessions = sessions
+        self.sessions = sessions  # the change log only; never read per request
         self.encoder = encoder
         self.reranker = reranker
         self._rerank_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rerank")
         self.observe = observe or (lambda stage, seconds: None)
-        self._snapshot: Snapshot | None = None
+        self._view: View | None = None
+        self._since_seq = 0
         self._swap_lock = threading.Lock()
         self._text_cache: LRUCache[str, np.ndarray] = LRUCache(maxsize=max(1, settings.text_cache_size))
         self._cache_lock = threading.Lock()
+        self._facets: tuple[int, str, dict[str, Any]] | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
 
     @property
-    def snapshot(self) -> Snapshot:
-        snap = self._snapshot
-        if snap is None:
+    def view(self) -> View:
+        view = self._view
+        if view is None:
             # The index folder stays in the log: a public 503 must not reveal server paths.
             LOG.debug("no index loaded from %s", self.settings.index_dir)
             raise IndexNotReadyError(NOT_READY_MESSAGE)
-        return snap
+        return view
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self.view.snap
 
     @property
     def current(self) -> Snapshot | None:
         """The snapshot now being served, or None before the first index is loaded."""
-        return self._snapshot
+        view = self._view
+        return view.snap if view else None
 
     @property
     def current_version(self) -> str | None:
-        snap = self._snapshot
-        return snap.version_id if snap else None
+        view = self._view
+        return view.version_id if view else None
+
+    @property
+    def active_state(self) -> tuple[str, int] | None:
+        """(version, since_seq) now served: compared with the ACTIVE pointer to notice a swap or a rollback."""
+        view = self._view
+        return (view.version_id, self._since_seq) if view else None
+
+    @property
+    def live_seq(self) -> int:
+        view = self._view
+        return view.live.seq if view else 0
 
     def reload(self) -> str:
-        """Load the active version off the request path, then swap the reference under a lock.
+        """Load the active version and its live changes off the request path, then swap the view.
 
-        In-flight requests keep the snapshot they started with; Python frees the old one
-        when the last of them drops its reference.
+        In-flight requests keep the view they started with; Python frees the old one when
+        the last of them drops its reference.
         """
-        snap = load_snapshot(self.settings, self.sessions, self.encoder,
-                             self.reranker.reranker_id if self.reranker else None)
+        snap, since_seq = load_snapshot(self.settings, self.encoder,
+                                        self.reranker.reranker_id if self.reranker else None)
+        with self.sessions() as session:
+            live = LiveLayer(since_seq).apply(changes.since(session, since_seq), snap)
         with self._swap_lock:
-            self._snapshot = snap
-        LOG.info("serving index version %s (%d vectors)", snap.version_id, snap.images.ntotal)
+            self._view, self._since_seq = View(snap, live), since_seq
+        LOG.info("serving index version %s (%d vectors, %d live changes)", snap.version_id, snap.images.ntotal,
+                 live.changed)
         return snap.version_id
+
+    def refresh_live(self) -> int:
+        """Apply the changes logged since the live layer's last one; returns the last applied seq.
+
+        Costs what the new changes and the layer hold, never the catalog.
+        """
+        view = self._view
+        if view is None:
+            return 0
+        with self.sessions() as session:
+            new = changes.since(session, view.live.seq)
+        if not new:
+            return view.live.seq
+        live = view.live.apply(new, view.snap)
+        with self._swap_lock:
+            if self._view is view:  # a reload meanwhile wins
+                self._view = View(view.snap, live)
+        return live.seq
 
     # --- queries -----------------------------------------------------------------------
 
@@ -210,25 +266,25 @@ class Searcher:
     def search_text(self, query: str, k: int, filters: Filters, *, rerank: bool = False,
                     rerank_top_n: int | None = None) -> SearchOutcome:
         """Text-to-image search; with rerank, the reranker reorders the first-stage top_n."""
-        snap = self.snapshot
+        view = self.view
         t0 = time.perf_counter()
         vec = self.encode_text(query)
         if not rerank:
-            return self._search(snap, vec, k, filters, encode_s=time.perf_counter() - t0)
+            return self._search(view, vec, k, filters, encode_s=time.perf_counter() - t0)
         reranker = self.reranker
         if reranker is None:
             raise InvalidInputError("reranking is off on this server (CATALENS_RERANKER=none)")
         top_n = max(k, rerank_top_n or self.settings.rerank_top_n)
-        outcome = self._search(snap, vec, top_n, filters, encode_s=time.perf_counter() - t0)
-        return self._rerank(reranker, snap, query, outcome, k)
+        outcome = self._search(view, vec, top_n, filters, encode_s=time.perf_counter() - t0)
+        return self._rerank(reranker, view, query, outcome, k)
 
-    def _rerank(self, reranker: Reranker, snap: Snapshot, query: str, outcome: SearchOutcome, k: int) -> SearchOutcome:
+    def _rerank(self, reranker: Reranker, view: View, query: str, outcome: SearchOutcome, k: int) -> SearchOutcome:
         """Reorder by the reranker within the time budget; past it, the first-stage order, unreranked."""
         t0 = time.perf_counter()
         for hit in outcome.hits:
             hit.first_stage_score = hit.score
         budget = self.settings.rerank_budget_ms / 1000
-        future = self._rerank_pool.submit(self._rerank_scores, reranker, snap, query, outcome.hits)
+        future = self._rerank_pool.submit(self._rerank_scores, reranker, view, query, outcome.hits)
         try:
             scores = future.result(timeout=budget)
         except FutureTimeout:
@@ -254,37 +310,47 @@ class Searcher:
         outcome.reranked = True
         return outcome
 
-    def _rerank_scores(self, reranker: Reranker, snap: Snapshot, query: str, hits: list[Hit]) -> list[float | None]:
-        """One batched reranker pass over the candidates' stored features."""
+    def _rerank_scores(self, reranker: Reranker, view: View, query: str, hits: list[Hit]) -> list[float | None]:
+        """One batched reranker pass over the candidates' stored features (the live layer's first)."""
         vids = np.array([h.vector_id for h in hits], np.int64)
-        if snap.rerank is None:
-            features, found = self._features_from_images(reranker, hits)
+        if view.snap.rerank is None:
+            features, found = self._features_from_images(reranker, view, hits)
         else:
-            found, features = snap.rerank.lookup(vids)
+            snap_found, snap_feats = view.snap.rerank.lookup(vids)  # features of the found slots, in order
+            live_found, live_feats = view.live.rerank_features(vids)
+            snap_row = {slot: i for i, slot in enumerate(np.flatnonzero(snap_found).tolist())}
+            found = np.zeros(len(hits), bool)
+            rows: list[np.ndarray] = []
+            for slot, hit in enumerate(hits):
+                live_feat = live_feats[slot]
+                if live_feat is not None:
+                    rows.append(live_feat)
+                elif slot in snap_row and not view.live.hides(hit.product.pk):
+                    rows.append(snap_feats[snap_row[slot]])
+                else:
+                    continue
+                found[slot] = True
+            features = np.stack(rows) if rows else np.zeros((0,))
         scores = reranker.score(query, np.asarray(features)) if len(features) else np.zeros(0)
         out: list[float | None] = [None] * len(hits)
-        for slot, score in zip(np.flatnonzero(found), scores):
-            out[int(slot)] = float(score)
+        for at, score in zip(np.flatnonzero(found).tolist(), scores):
+            out[at] = float(score)
         return out
 
-    def _features_from_images(self, reranker: Reranker, hits: list[Hit]) -> tuple[np.ndarray, np.ndarray]:
+    def _features_from_images(self, reranker: Reranker, view: View, hits: list[Hit]) -> tuple[np.ndarray, np.ndarray]:
         """The slow path for versions built without stored features: decode the candidates' images."""
         import torch
 
         from catalens.images import decode_image, read_stored_image
 
-        with self.sessions() as session:
-            sources = {row.id: row.source for row in session.scalars(
-                select(ProductImage).where(ProductImage.id.in_([h.vector_id for h in hits]),
-                                           ProductImage.status == "ok"))}
         found = np.zeros(len(hits), bool)
         pixels = []
         for i, hit in enumerate(hits):
-            if hit.vector_id not in sources:
+            img = hit.product.image_at(hit.image_position)
+            if img is None or img.status != "ok":
                 continue
             try:
-                data = read_stored_image(sources[hit.vector_id], self.settings,
-                                         images_root=self.snapshot.manifest.image_folder())
+                data = read_stored_image(img.source, self.settings, images_root=view.snap.manifest.image_folder())
                 pixels.append(reranker.preprocess(decode_image(data, max_pixels=self.settings.max_image_pixels,
                                                                max_aspect=self.settings.max_aspect_ratio)))
                 found[i] = True
@@ -297,11 +363,11 @@ class Searcher:
     def search_image(self, image: Any, k: int, filters: Filters, *, rerank: bool = False,
                      rerank_top_n: int | None = None) -> SearchOutcome:
         """Image-to-image search; with rerank, the top_n are rescored with the mirrored query too."""
-        snap = self.snapshot
+        view = self.view
         t0 = time.perf_counter()
         if not rerank:
             vec = self.encoder.encode_images([image])[0]
-            return self._search(snap, vec, k, filters, encode_s=time.perf_counter() - t0)
+            return self._search(view, vec, k, filters, encode_s=time.perf_counter() - t0)
         from PIL import ImageOps
 
         # Second stage for image queries (measured in the README): the query and its mirror
@@ -309,14 +375,13 @@ class Searcher:
         # photo is as often mirrored as not; the pooled vector of one render is not.
         both = self.encoder.encode_images([image, ImageOps.mirror(image)])
         top_n = max(k, rerank_top_n or self.settings.rerank_top_n)
-        outcome = self._search(snap, both[0], top_n, filters, encode_s=time.perf_counter() - t0)
+        outcome = self._search(view, both[0], top_n, filters, encode_s=time.perf_counter() - t0)
         t1 = time.perf_counter()
         query = both.mean(axis=0)
         query /= max(float(np.linalg.norm(query)), 1e-12)
         for hit in outcome.hits:
-            views = snap.vectors_of.get(hit.product.id, [hit.vector_id])
             hit.first_stage_score = hit.score
-            hit.rerank_score = hit.score = float((snap.images.reconstruct(np.array(views, np.int64)) @ query).max())
+            hit.rerank_score = hit.score = float((self._vectors_of(view, hit.product) @ query).max())
         outcome.hits.sort(key=lambda h: -h.score)
         outcome.hits = outcome.hits[:k]
         outcome.reranked = True
@@ -331,139 +396,157 @@ class Searcher:
         while a CLIP space ranks a mug of the same colour next to a t-shirt of that colour.
         An explicit category filter wins.
         """
-        snap = self.snapshot
-        with self.sessions() as session:
-            product = session.scalar(select(Product).where(Product.product_id == product_id,
-                                                           Product.deleted.is_(False)))
-            if product is None:
-                raise NotFoundError(f"product {product_id!r} not found")
+        view = self.view
+        product = self._record(view, product_id)
         if same_category and product.category and not filters.category:
             filters = replace(filters, category=(product.category,))
-        ids = np.array(snap.vectors_of.get(product.id, []), np.int64)
-        if not len(ids):  # added after this version was built
-            raise NotFoundError(f"product {product_id!r} is not in index version {snap.version_id} yet")
-        vectors = snap.images.reconstruct(ids)
+        vectors = self._vectors_of(view, product)
+        if not len(vectors):
+            raise NotFoundError(f"product {product_id!r} has no vectors in index version {view.version_id}")
         vec = vectors.mean(axis=0)
         vec /= max(float(np.linalg.norm(vec)), 1e-12)
-        return self._search(snap, vec, k, filters, encode_s=0.0, exclude=product.id)
+        return self._search(view, vec, k, filters, encode_s=0.0, exclude=product.pk)
 
-    def _search(self, snap: Snapshot, vec: np.ndarray, k: int, filters: Filters, *,
+    @staticmethod
+    def _vectors_of(view: View, product: ProductRecord) -> np.ndarray:
+        """Every vector of a product (its images, or its text fallback) as the view holds them."""
+        live = view.live.vectors.get(product.pk)
+        if live is not None:
+            return live.vectors
+        row = view.snap.products.row(product.pk)
+        if row < 0:
+            return np.zeros((0, view.snap.manifest.dim), np.float32)
+        return view.snap.images.reconstruct(view.snap.vector_ids_of_row(row))
+
+    def _search(self, view: View, vec: np.ndarray, k: int, filters: Filters, *,
                 encode_s: float, exclude: int | None = None) -> SearchOutcome:
         timings = {"encode": encode_s}
         query = vec[None, :].astype(np.float32)
         want = k + (exclude is not None)
-        if filters.active:
-            # The filter runs inside FAISS: the allowed vector ids (from SQL) restrict the
-            # search itself, which returns exactly min(fetch, allowed) vectors on any index
-            # type. Products own several vectors, so the fetch grows until `want` products
-            # came back or every allowed vector did: k products whenever k pass the filter.
+        best = self._search_snapshot(view, query, want, filters, timings)
+        if len(view.live.ids):
             t0 = time.perf_counter()
-            allowed = self._allowed_vector_ids(snap, filters)
-            timings["metadata"] = time.perf_counter() - t0
-            per_product = len(snap.owner) / max(1, len(snap.vectors_of))
-            fetch = min(len(allowed), max(FILTERED_MIN_FETCH, math.ceil(FILTERED_FETCH_FACTOR * want * per_product)))
-            hits: list[Hit] = []
-            while fetch > 0:
-                t0 = time.perf_counter()
-                scores, ids = snap.images.search_filtered(query, fetch, allowed)
-                timings["ann"] = timings.get("ann", 0.0) + time.perf_counter() - t0
-                best = self._best_per_product(snap, scores[0], ids[0])
-                # Resolve only the head of the ranking: the tail is read only if rows vanished
-                # or stopped matching since the allowed set was read.
-                head = dict(itertools.islice(best.items(), 2 * want + 8))
-                hits = self._resolve(head, filters, want, timings, with_captions=snap.has_captions)
-                if len(hits) < want and len(head) < len(best):
-                    hits = self._resolve(best, filters, want, timings, with_captions=snap.has_captions)
-                if len(hits) >= want or fetch >= len(allowed):
-                    break
-                fetch = min(len(allowed), fetch * 4)
-        else:
-            fetch = max(want * 4, 32)
-            while True:
-                t0 = time.perf_counter()
-                scores, ids = snap.images.search(query, fetch)
-                timings["ann"] = timings.get("ann", 0.0) + time.perf_counter() - t0
-                best = self._best_per_product(snap, scores[0], ids[0])
-                hits = self._resolve(best, filters, want, timings, with_captions=snap.has_captions)
-                if len(hits) >= want or fetch >= snap.images.ntotal:
-                    break
-                fetch *= 4
-        hits = [h for h in hits if h.product.id != exclude][:k]
+            for pk, score, pos, vid in view.live.search(query[0], filters, want):
+                best.append((score, pk, -1, pos, vid))
+            timings["live"] = time.perf_counter() - t0
+        best.sort(key=lambda b: -b[0])
+        best = [b for b in best if b[1] != exclude][:k]
+        t0 = time.perf_counter()
+        snap_rows = [row for _, _, row, _, _ in best if row >= 0]
+        from_snap = dict(zip(snap_rows, view.snap.products.records(snap_rows)))
+        hits = [Hit(from_snap[row] if row >= 0 else view.live.records[pk], score, pos if pos >= 0 else None, vid)
+                for score, pk, row, pos, vid in best]
+        timings["metadata"] = time.perf_counter() - t0
         for stage, seconds in timings.items():
             self.observe(stage, seconds)
-        return SearchOutcome(hits, snap.version_id, timings)
+        return SearchOutcome(hits, view.version_id, timings)
 
-    def _allowed_vector_ids(self, snap: Snapshot, filters: Filters) -> np.ndarray:
-        """Ids (int64, sorted) of the snapshot's vectors whose products pass the filters.
+    def _search_snapshot(self, view: View, query: np.ndarray, want: int, filters: Filters,
+                         timings: dict[str, float]) -> list[tuple[float, int, int, int, int]]:
+        """(score, pk, row, image position, vector id) of the snapshot's best `want` visible products.
 
-        The products come from SQL (Filters.clauses() over Product), once per filter and version
-        (Snapshot.allowed_cache); they map to vector ids through the snapshot's vector table.
+        A filter runs inside FAISS: the allowed vectors (the filter's, minus those the live
+        layer hides) restrict the search itself, which returns exactly min(fetch, allowed)
+        vectors on any index type. Products own several vectors, so the fetch grows until
+        `want` products came back or every allowed vector did: k products whenever k pass.
         """
-        with snap.allowed_lock:
-            cached = snap.allowed_cache.get(filters)
-        if cached is not None:
-            return cached
-        vids, owners, n_pks = snap.vector_table
-        with self.sessions() as session:
-            pks = np.fromiter(session.scalars(select(Product.id).where(*filters.clauses())), np.int64)
-        passes = np.zeros(n_pks, bool)
-        passes[pks[(pks >= 0) & (pks < n_pks)]] = True  # newer products have no vectors in this snapshot
-        allowed = vids[passes[owners]]
-        allowed.flags.writeable = False  # shared by concurrent queries
-        with snap.allowed_lock:
-            snap.allowed_cache[filters] = allowed
-        return allowed
+        snap, live = view.snap, view.live
+        allowed: np.ndarray | None = None
+        if filters.active or live.keep is not None:
+            t0 = time.perf_counter()
+            allowed = self._allowed_vector_ids(view, filters)
+            timings["filter"] = time.perf_counter() - t0
+        limit = len(allowed) if allowed is not None else snap.images.ntotal
+        per_product = len(snap.products.vector_ids) / max(1, len(snap.products))
+        fetch = min(limit, max(FILTERED_MIN_FETCH, math.ceil(FILTERED_FETCH_FACTOR * want * per_product)))
+        best: dict[int, tuple[float, int, int, int, int]] = {}
+        while fetch > 0:
+            t0 = time.perf_counter()
+            if allowed is not None:
+                scores, ids = snap.images.search_filtered(query, fetch, allowed)
+            else:
+                scores, ids = snap.images.search(query, fetch)
+            timings["ann"] = timings.get("ann", 0.0) + time.perf_counter() - t0
+            best = self._best_per_product(snap, scores[0], ids[0], want)
+            if len(best) >= want or fetch >= limit:
+                break
+            fetch = min(limit, fetch * 4)
+        return list(best.values())
+
+    def _allowed_vector_ids(self, view: View, filters: Filters) -> np.ndarray:
+        """Ids (int64, sorted) of the snapshot's vectors that pass the filters and that the live layer leaves visible.
+
+        The filter's mask over the vector table is computed once per filter and version
+        (Snapshot.allowed_cache) from the products file's columns.
+        """
+        snap = view.snap
+        vids, rows, _ = snap.vector_table
+        mask: np.ndarray | None = None
+        if filters.active:
+            with snap.allowed_lock:
+                mask = snap.allowed_cache.get(filters)
+            if mask is None:
+                mask = snap.products.mask(filters)[rows]
+                mask.flags.writeable = False  # shared by concurrent queries
+                with snap.allowed_lock:
+                    snap.allowed_cache[filters] = mask
+        keep = view.live.keep
+        if mask is None:
+            return vids[keep] if keep is not None else vids
+        return vids[mask & keep] if keep is not None else vids[mask]
 
     @staticmethod
-    def _best_per_product(snap: Snapshot, scores: np.ndarray, ids: np.ndarray) -> dict[int, tuple[float, int, int]]:
-        """Each product's best vector (score, image position or -1, vector id), best product first."""
-        best: dict[int, tuple[float, int, int]] = {}
-        for score, vid in zip(scores.tolist(), ids.tolist()):
-            if vid < 0 or vid not in snap.owner:
+    def _best_per_product(snap: Snapshot, scores: np.ndarray, ids: np.ndarray,
+                          want: int) -> dict[int, tuple[float, int, int, int, int]]:
+        """Each product's best vector, best product first, at most `want`: row -> (score, pk, row, position, vid)."""
+        rows, positions = snap.owners(ids)
+        best: dict[int, tuple[float, int, int, int, int]] = {}
+        for score, vid, row, pos in zip(scores.tolist(), ids.tolist(), rows.tolist(), positions.tolist()):
+            if vid < 0 or row < 0 or row in best:  # results arrive best-first
                 continue
-            pk, pos = snap.owner[vid]
-            if pk not in best:  # results arrive best-first
-                best[pk] = (score, pos, vid)
+            best[row] = (score, int(snap.products.pks[row]), row, pos, vid)
+            if len(best) >= want:
+                break
         return best
-
-    def _resolve(self, best: dict[int, tuple[float, int, int]], filters: Filters, want: int,
-                 timings: dict[str, float], *, with_captions: bool = False) -> list[Hit]:
-        """Fetch live products that pass the filters; deleted ids are dropped here."""
-        if not best:
-            return []
-        t0 = time.perf_counter()
-        with self.sessions() as session:
-            products = {p.id: p for p in session.scalars(
-                select(Product).where(Product.id.in_(list(best)), *filters.clauses()))}
-            captions = dict(session.execute(select(ProductImage.id, ProductImage.caption).where(
-                ProductImage.id.in_([vid for _, _, vid in best.values()]), ProductImage.caption.is_not(None))).all()) \
-                if with_captions else {}
-        timings["metadata"] = timings.get("metadata", 0.0) + time.perf_counter() - t0
-        hits = [Hit(products[pk], score, pos if pos >= 0 else None, vid, caption=captions.get(vid))
-                for pk, (score, pos, vid) in best.items() if pk in products]
-        hits.sort(key=lambda h: -h.score)
-        return hits[:want]
 
     # --- products ----------------------------------------------------------------------
 
-    def product(self, product_id: str) -> Product:
-        with self.sessions() as session:
-            product = session.scalar(select(Product).where(Product.product_id == product_id,
-                                                           Product.deleted.is_(False)))
-            if product is None:
+    def _record(self, view: View, product_id: str) -> ProductRecord:
+        pk = view.live.by_id.get(product_id)
+        if pk is not None:
+            record = view.live.records.get(pk)
+            if record is None:
                 raise NotFoundError(f"product {product_id!r} not found")
-            _ = product.images  # load while the session is open
-            return product
+            return record
+        row = view.snap.products.row_of_id.get(product_id)
+        if row is None:
+            raise NotFoundError(f"product {product_id!r} not found")
+        return view.snap.products.records([row])[0]
 
-    def facets(self) -> dict[str, list[dict[str, Any]]]:
-        """Category and brand values with counts, and the price range, over live products."""
-        with self.sessions() as session:
-            live = Product.deleted.is_(False)
-            out: dict[str, Any] = {}
-            for name, column in (("category", Product.category), ("brand", Product.brand)):
-                rows = session.execute(select(column, func.count()).where(live, column.is_not(None))
-                                       .group_by(column).order_by(func.count().desc(), column)).all()
-                out[name] = [{"value": v, "count": c} for v, c in rows]
-            low, high = session.execute(select(func.min(Product.price), func.max(Product.price)).where(live)).one()
-            out["price"] = {"min": low, "max": high}
+    def product(self, product_id: str) -> ProductRecord:
+        """One product as queries see it now (the live layer's record, else the snapshot's)."""
+        return self._record(self.view, product_id)
+
+    def facets(self) -> dict[str, Any]:
+        """Category, brand and availability values with counts, and the price range, over visible products."""
+        view = self.view
+        cached = self._facets
+        if cached is not None and cached[:2] == (view.live.seq, view.version_id):
+            return cached[2]
+        table = view.snap.products
+        visible = np.ones(len(table), bool)
+        hidden = [table.row(pk) for pk in (*view.live.records, *view.live.deleted)]
+        visible[[r for r in hidden if r >= 0]] = False
+        out: dict[str, Any] = {}
+        for name in FACETS_FIELDS:
+            counts = getattr(table, name).counts(visible)
+            for record in view.live.records.values():
+                value = getattr(record, name)
+                if value is not None:
+                    counts[value] = counts.get(value, 0) + 1
+            out[name] = [{"value": v, "count": c} for v, c in sorted(counts.items(), key=lambda vc: (-vc[1], vc[0]))]
+        prices = table.price[visible & ~np.isnan(table.price)].tolist()
+        prices += [r.price for r in view.live.records.values() if r.price is not None]
+        out["price"] = {"min": min(prices) if prices else None, "max": max(prices) if prices else None}
+        self._facets = (view.live.seq, view.version_id, out)
         return out

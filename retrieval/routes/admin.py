@@ -1,19 +1,24 @@
-"""Admin routes: upsert and delete products, reload the active index version (API key required)."""
+"""Admin routes: live upserts, patches and deletes, background jobs, compaction, reload (API key required)."""
 
 from __future__ import annotations
 
 import hmac
 import time
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Security
+from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from catalens.editing import CatalogEditor
 from catalens.errors import ForbiddenError, UnauthorizedError
+from catalens.records import Availability
 from catalens.validation import attribute_problem, product_id_problem
-from retrieval.deps import EditorDep, SearcherDep, SettingsDep
+from retrieval.deps import EditorDep, JobsDep, SearcherDep, SettingsDep
+from retrieval.jobs import JobRunner
 from retrieval.schemas import Text, error_responses, require_finite
+from retrieval.searcher import Searcher
 
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <CATALENS_API_KEY>")
 _header_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="the server's CATALENS_API_KEY")
@@ -32,7 +37,7 @@ def require_api_key(settings: SettingsDep,
         raise ForbiddenError("wrong API key")
 
 
-ADMIN_ERRORS = error_responses(400, 401, 403, 409, 413, 422, 503)
+ADMIN_ERRORS = error_responses(400, 401, 403, 409, 413, 422, 503, 507)
 # Extra product fields become stored attributes: JSON values this deep at most.
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_api_key)],
                    responses=ADMIN_ERRORS)
@@ -53,6 +58,7 @@ class ProductIn(BaseModel):
     brand: Text | None = None
     price: float | None = Field(default=None, ge=0, allow_inf_nan=False, strict=True)
     currency: Text | None = None
+    availability: Availability | bool | None = Field(default=None, description="default in_stock; true/false too")
 
     _finite_price = field_validator("price")(require_finite)
 
@@ -80,7 +86,9 @@ class UpsertIn(BaseModel):
 
 
 class UpsertOut(BaseModel):
-    index_version: str
+    seq: int = Field(description="the last change this upsert logged; searches show it once applied")
+    visible: bool = Field(description="true when this server's searches show the change already")
+    index_version: str = Field(description="the snapshot the change is served over")
     upserted: int
     images_ok: int
     images_failed: int
@@ -100,9 +108,50 @@ class DeleteIn(BaseModel):
 
 
 class DeleteOut(BaseModel):
+    seq: int
+    visible: bool
     index_version: str
     deleted: int
     missing: int = Field(description="ids that were not live products")
+
+
+class PatchIn(BaseModel):
+    """Fields to change; the others keep their values. Images and ids change with an upsert."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: Text | None = Field(default=None, min_length=1, max_length=10_000)
+    description: Text | None = Field(default=None, max_length=100_000)
+    category: Text | None = None
+    brand: Text | None = None
+    price: float | None = Field(default=None, ge=0, allow_inf_nan=False, strict=True)
+    currency: Text | None = None
+    availability: Availability | None = None
+    attributes: dict[str, Any] | None = None
+
+    _finite_price = field_validator("price")(require_finite)
+
+
+class PatchOut(BaseModel):
+    seq: int
+    visible: bool
+    index_version: str
+    product_id: str
+    changed: list[str] = Field(description="fields whose value differed (none: nothing was logged)")
+    took_ms: float
+
+
+class JobOut(BaseModel):
+    job_id: str
+    kind: Literal["upsert", "delete", "compact"]
+    status: Literal["queued", "running", "done", "failed"]
+    total: int
+    done: int
+    errors: list[str]
+    result: dict[str, Any] | None
+    created_at: str
+    updated_at: str
+    url: str
 
 
 class ReloadOut(BaseModel):
@@ -110,30 +159,81 @@ class ReloadOut(BaseModel):
     previous: str | None
 
 
-@router.post("/products", response_model=UpsertOut)
-def upsert_products(body: UpsertIn, searcher: SearcherDep, editor: EditorDep) -> UpsertOut:
-    """Add or update products; only new or changed images and texts are embedded."""
+def _job(jobs: JobRunner, job_id: str) -> JobOut:
+    return JobOut(**jobs.get(job_id), url=f"/v1/admin/jobs/{job_id}")
+
+
+def _accepted(jobs: JobRunner, job_id: str) -> JSONResponse:
+    job = _job(jobs, job_id)
+    return JSONResponse(job.model_dump(), status_code=202, headers={"Location": job.url})
+
+
+def _applied(searcher: Searcher, jobs: JobRunner | None, editor: CatalogEditor, seq: int) -> bool:
+    """Apply the new changes to this server's view now; start a compaction once enough are pending."""
+    visible = searcher.refresh_live() >= seq
+    if jobs is not None and editor.compact_due():
+        jobs.submit_compaction()
+    return visible
+
+
+@router.post("/products", response_model=UpsertOut, responses={202: {"model": JobOut}})
+def upsert_products(body: UpsertIn, searcher: SearcherDep, editor: EditorDep, settings: SettingsDep,
+                    jobs: JobsDep) -> UpsertOut | JSONResponse:
+    """Add or update products, live: only new or changed images and texts are embedded.
+
+    Over CATALENS_ADMIN_SYNC_LIMIT products the batch runs as a job: 202 with its URL.
+    """
     started = time.perf_counter()
     records = [p.model_dump(exclude_none=True) for p in body.products]
-    summary = editor.upsert(records, encoder=searcher.encoder)
-    version = searcher.reload()
-    return UpsertOut(index_version=version, upserted=summary.upserted, images_ok=summary.images_ok,
-                     images_failed=summary.images_failed, images_embedded=summary.images_embedded,
-                     images_cached=summary.images_cached, texts_embedded=summary.texts_embedded,
-                     texts_cached=summary.texts_cached, vectors=summary.vectors,
+    if len(records) > settings.admin_sync_limit:
+        editor.check_upsert(records)  # a bad batch is a 422 now, not a failed job later
+        return _accepted(jobs, jobs.submit("upsert", records, len(records)))
+    summary = editor.upsert(records)
+    return UpsertOut(seq=summary.seq, visible=_applied(searcher, jobs, editor, summary.seq),
+                     index_version=searcher.current_version or "", upserted=summary.upserted,
+                     images_ok=summary.images_ok, images_failed=summary.images_failed,
+                     images_embedded=summary.images_embedded, images_cached=summary.images_cached,
+                     texts_embedded=summary.texts_embedded, texts_cached=summary.texts_cached, vectors=summary.vectors,
                      errors=summary.errors, took_ms=round((time.perf_counter() - started) * 1000, 2))
 
 
-@router.post("/products/delete", response_model=DeleteOut)
-def delete_products(body: DeleteIn, searcher: SearcherDep, editor: EditorDep) -> DeleteOut:
-    """Remove products from every endpoint and publish a version without their vectors."""
-    result = editor.delete(list(dict.fromkeys(body.ids)))
-    version = searcher.reload()
-    return DeleteOut(index_version=version, deleted=result.deleted, missing=result.missing)
+@router.patch("/products/{product_id}", response_model=PatchOut, responses=error_responses(404))
+def patch_product(product_id: str, body: PatchIn, searcher: SearcherDep, editor: EditorDep,
+                  jobs: JobsDep) -> PatchOut:
+    """Change some fields of one product (price, availability, title, ...), live."""
+    started = time.perf_counter()
+    result = editor.patch(product_id, body.model_dump(exclude_unset=True))
+    return PatchOut(seq=result.seq, visible=_applied(searcher, jobs, editor, result.seq),
+                    index_version=searcher.current_version or "", product_id=product_id, changed=result.changed,
+                    took_ms=round((time.perf_counter() - started) * 1000, 2))
+
+
+@router.post("/products/delete", response_model=DeleteOut, responses={202: {"model": JobOut}})
+def delete_products(body: DeleteIn, searcher: SearcherDep, editor: EditorDep, settings: SettingsDep,
+                    jobs: JobsDep) -> DeleteOut | JSONResponse:
+    """Remove products from every endpoint, live (over CATALENS_ADMIN_SYNC_LIMIT ids: a job, 202)."""
+    ids = list(dict.fromkeys(body.ids))
+    if len(ids) > settings.admin_sync_limit:
+        return _accepted(jobs, jobs.submit("delete", ids, len(ids)))
+    result = editor.delete(ids)
+    return DeleteOut(seq=result.seq, visible=_applied(searcher, jobs, editor, result.seq),
+                     index_version=searcher.current_version or "", deleted=result.deleted, missing=result.missing)
+
+
+@router.post("/compact", status_code=202, response_model=JobOut)
+def compact(jobs: JobsDep) -> JSONResponse:
+    """Fold the live changes into a new snapshot, in the background (one at a time)."""
+    return _accepted(jobs, jobs.submit_compaction())
+
+
+@router.get("/jobs/{job_id}", response_model=JobOut, responses=error_responses(404))
+def get_job(job_id: str, jobs: JobsDep) -> JobOut:
+    """A background job's progress (done of total), errors and result."""
+    return _job(jobs, job_id)
 
 
 @router.post("/reload", response_model=ReloadOut)
 def reload_index(searcher: SearcherDep) -> ReloadOut:
-    """Load the active index version now (the server also notices a new one within seconds)."""
+    """Load the active index version now (the server also notices a new one within a second)."""
     previous = searcher.current_version
     return ReloadOut(index_version=searcher.reload(), previous=previous)

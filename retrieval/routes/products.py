@@ -12,12 +12,12 @@ from fastapi.responses import FileResponse, Response
 
 from catalens.config import Settings
 from catalens.errors import CatalensError, NotFoundError
+from catalens.filters import Filters
 from catalens.images import MEDIA_TYPES, identify_format, is_url, read_stored_image
-from catalens.schema import ProductImage
+from catalens.records import Availability, ImageRecord
 from retrieval.deps import RequireSnapshot, SearcherDep, SettingsDep
 from retrieval.routes.search import to_response
 from retrieval.schemas import MAX_K, FacetsOut, ImageOut, ProductOut, SearchOut, error_responses, image_url
-from retrieval.searcher import Filters
 
 router = APIRouter(prefix="/v1", tags=["products"])
 LOG = logging.getLogger(__name__)
@@ -41,7 +41,8 @@ def get_product(product_id: str, searcher: SearcherDep) -> ProductOut:
     p = searcher.product(product_id)
     return ProductOut(
         product_id=p.product_id, title=p.title, description=p.description, category=p.category,
-        brand=p.brand, price=p.price, currency=p.currency, attributes=p.attributes or {},
+        brand=p.brand, price=p.price, currency=p.currency, availability=p.availability,
+        attributes=p.attributes or {},
         images=[ImageOut(position=img.position, url=image_url(p.product_id, img.position) or "",
                          thumbnail_url=image_url(p.product_id, img.position, thumb=True)
                          if img.thumbnail else None, status=img.status, error=public_image_error(img.error),
@@ -58,12 +59,13 @@ def similar_products(product_id: str, searcher: SearcherDep,
                      brand: Annotated[list[str] | None, Query()] = None,
                      price_min: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
                      price_max: Annotated[float | None, Query(ge=0, allow_inf_nan=False)] = None,
+                     availability: Annotated[list[Availability] | None, Query()] = None,
                      same_category: Annotated[bool, Query(description="only the product's own category, unless "
                                                                      "a category filter is given")] = True,
                      ) -> SearchOut:
     """Products that look like this one ("more like this"); the product itself is excluded."""
     started = time.perf_counter()
-    filters = Filters(tuple(category or ()), tuple(brand or ()), price_min, price_max)
+    filters = Filters(tuple(category or ()), tuple(brand or ()), price_min, price_max, tuple(availability or ()))
     return to_response(searcher.similar(product_id, k, filters, same_category=same_category), started)
 
 
@@ -95,7 +97,7 @@ def product_image(product_id: str, searcher: SearcherDep, settings: SettingsDep,
     raise NotFoundError(f"image {view} of product {product_id!r} is not available")
 
 
-def _thumbnail_path(settings: Settings, img: ProductImage) -> Path | None:
+def _thumbnail_path(settings: Settings, img: ImageRecord) -> Path | None:
     path = settings.index_dir / "thumbnails" / img.thumbnail if img.thumbnail else None
     return path if path is not None and path.is_file() else None
 
@@ -124,6 +126,6 @@ def public_image_error(stored: str | None) -> str | None:
 
 @router.get("/facets", response_model=FacetsOut, responses=error_responses(503), dependencies=[RequireSnapshot])
 def facets(searcher: SearcherDep) -> FacetsOut:
-    """Filter values with product counts: categories, brands and the price range."""
+    """Filter values with product counts: categories, brands, availability and the price range."""
     reranker = searcher.reranker.reranker_id if searcher.reranker else None
     return FacetsOut(**searcher.facets(), index_version=searcher.current_version, reranker=reranker)

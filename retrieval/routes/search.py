@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData
 
 from catalens.errors import InvalidInputError, PayloadTooLargeError
+from catalens.filters import Filters
 from catalens.images import decode_image
 from retrieval.deps import RequireSnapshot, SearcherDep, SettingsDep
 from retrieval.schemas import (
@@ -23,7 +24,7 @@ from retrieval.schemas import (
     error_responses,
     result_from_hit,
 )
-from retrieval.searcher import Filters, SearchOutcome
+from retrieval.searcher import SearchOutcome
 
 router = APIRouter(prefix="/v1/search", tags=["search"])
 TEXT_ERRORS = error_responses(400, 413, 422, 503)
@@ -36,7 +37,7 @@ FORM_FIELDS = ("file", "k", "filters", "rerank", "rerank_top_n")
 
 
 def to_filters(body: FiltersIn) -> Filters:
-    return Filters(tuple(body.category), tuple(body.brand), body.price_min, body.price_max)
+    return Filters(tuple(body.category), tuple(body.brand), body.price_min, body.price_max, tuple(body.availability))
 
 
 def to_response(outcome: SearchOutcome, started: float) -> SearchOut:

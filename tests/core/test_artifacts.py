@@ -30,7 +30,7 @@ def test_manifest_describes_the_files(sample_index: SampleIndex) -> None:
     manifest, images, texts = artifacts.load_version(_active(sample_index.index_dir))
     assert manifest.count == images.ntotal and manifest.text_count == texts.ntotal == len(sample_index.rows())
     assert manifest.dim == 128 and manifest.catalog_checksum and set(manifest.files) == {
-        "images.faiss", "texts.faiss", "rerank_ids.npy", "rerank_features.npy"}
+        "images.faiss", "texts.faiss", "products.parquet", "rerank_ids.npy", "rerank_features.npy"}
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
@@ -63,9 +63,8 @@ def test_row16_service_refuses_an_index_built_with_another_model(index_copy: Pat
     manifest["model_id"] = "ViT-B-32:laion2b_s34b_b79k"
     manifest_path.write_text(json.dumps(manifest))
     settings = Settings(index_dir=index_copy)
-    sessions = create_session_factory(create_db_engine(settings.db_url))
     with pytest.raises(IndexArtifactError, match="ViT-B-32"):
-        load_snapshot(settings, sessions, encoder)
+        load_snapshot(settings, encoder)
 
 
 def test_a_failed_reload_keeps_serving_the_current_version(index_copy: Path, encoder) -> None:
@@ -86,11 +85,11 @@ def test_atomic_pointer_and_rollback(index_copy: Path) -> None:
     first = artifacts.read_active(index_copy)
     twin = artifacts.versions_dir(index_copy) / "20990101T000000000000Z"
     shutil.copytree(artifacts.versions_dir(index_copy) / first, twin)
-    artifacts.set_active(index_copy, twin.name)
+    artifacts.set_active(index_copy, twin.name, since_seq=0)
     assert artifacts.read_active(index_copy) == twin.name
     assert not list(index_copy.glob(".ACTIVE*.tmp"))
     with pytest.raises(IndexArtifactError):
-        artifacts.set_active(index_copy, "no-such-version")
+        artifacts.set_active(index_copy, "no-such-version", since_seq=0)
     assert artifacts.read_active(index_copy) == twin.name
 
 

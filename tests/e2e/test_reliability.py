@@ -98,10 +98,10 @@ def app_client(searcher: Any) -> Any:
     """The real app over this searcher, admin writes on (wired as `catalens serve` wires them)."""
     from fastapi.testclient import TestClient
 
-    from indexer.maintenance import IndexEditor
+    from indexer.live import IndexEditor
     from retrieval.app import create_app
 
-    app = create_app(searcher.settings, searcher=searcher, editor=IndexEditor(searcher.settings))
+    app = create_app(searcher.settings, searcher=searcher, editor=IndexEditor(searcher.settings, searcher.encoder, searcher.reranker))
     return TestClient(app, raise_server_exceptions=False)
 
 

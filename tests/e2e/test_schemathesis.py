@@ -68,7 +68,7 @@ def fuzzed_app(sample_index: SampleIndex, encoder: Any, reranker: Any,
 
     from catalens.config import Settings
     from catalens.db import create_db_engine, create_session_factory
-    from indexer.maintenance import IndexEditor
+    from indexer.live import IndexEditor
     from retrieval.app import create_app
     from retrieval.searcher import Searcher
 
@@ -77,7 +77,7 @@ def fuzzed_app(sample_index: SampleIndex, encoder: Any, reranker: Any,
     cfg = Settings(index_dir=index_dir, threads=1, api_key=API_KEY, max_upload_bytes=2 * 1024 * 1024)
     searcher = Searcher(cfg, create_session_factory(create_db_engine(cfg.db_url)), encoder, reranker=reranker)
     searcher.reload()
-    APP.target = create_app(cfg, searcher=searcher, editor=IndexEditor(cfg))
+    APP.target = create_app(cfg, searcher=searcher, editor=IndexEditor(cfg, encoder, reranker))
     yield APP.target
     shutdown_lifespans()  # stops the app's lifespan (its index watcher) that schemathesis started
     APP.target = None

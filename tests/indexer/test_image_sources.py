@@ -189,13 +189,13 @@ def app(world: World, encoder: Any) -> Iterator[Any]:
     from fastapi.testclient import TestClient
 
     from catalens.db import create_db_engine, create_session_factory
-    from indexer.maintenance import IndexEditor
+    from indexer.live import IndexEditor
     from retrieval.app import create_app
     from retrieval.searcher import Searcher
 
     searcher = Searcher(world.settings, create_session_factory(create_db_engine(world.settings.db_url)), encoder)
     searcher.reload()
-    app = create_app(world.settings, searcher=searcher, editor=IndexEditor(world.settings))
+    app = create_app(world.settings, searcher=searcher, editor=IndexEditor(world.settings, searcher.encoder, searcher.reranker))
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client
 

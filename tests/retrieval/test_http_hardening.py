@@ -154,11 +154,11 @@ def admin_client(tmp_path: Path, encoder) -> Iterator:
     """Admin routes on (with a key) over an empty index folder of this test's own."""
     from fastapi.testclient import TestClient
 
-    from indexer.maintenance import IndexEditor
+    from indexer.live import IndexEditor
     from retrieval.app import create_app
 
     searcher = _empty_searcher(tmp_path / "admin-index", encoder, api_key=KEY)
-    app = create_app(searcher.settings, searcher=searcher, editor=IndexEditor(searcher.settings))
+    app = create_app(searcher.settings, searcher=searcher, editor=IndexEditor(searcher.settings, searcher.encoder, searcher.reranker))
     with TestClient(app, raise_server_exceptions=False,
                     headers={"X-API-Key": KEY}) as c:
         yield c
