@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from catalens.commandline import Subcommands, add_common_flags, emit
 from catalens.config import Settings

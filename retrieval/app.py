@@ -16,7 +16,6 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
-from catalens import artifacts
 from catalens.config import Settings, set_threads
 from catalens.editing import CatalogEditor
 from catalens.errors import CatalensError
@@ -79,11 +78,7 @@ def try_reload(searcher: Searcher) -> None:
 def follow_changes(searcher: Searcher, index_dir: Path) -> None:
     """One look: a new active version or a rollback -> reload; else apply the new live changes."""
     try:
-        state = artifacts.read_active_state(index_dir)
-        if state is not None and (state.version_id, state.since_seq) != searcher.active_state:
-            searcher.reload()
-        elif searcher.current is not None:
-            searcher.refresh_live()
+        searcher.catch_up()
     except CatalensError as exc:
         LOG.warning("index not (re)loaded: %s", exc.message)
 

@@ -233,6 +233,15 @@ class Searcher:
                  live.changed)
         return snap.version_id
 
+    def catch_up(self) -> int:
+        """Serve what is active now: a new version or a rollback is loaded, else new live changes
+        applied. Returns the last change applied."""
+        state = artifacts.read_active_state(self.settings.index_dir)
+        if state is not None and (state.version_id, state.since_seq) != self.active_state:
+            self.reload()
+            return self.live_seq
+        return self.refresh_live()
+
     def refresh_live(self) -> int:
         """Apply the changes logged since the live layer's last one; returns the last applied seq.
 

@@ -170,7 +170,7 @@ def _accepted(jobs: JobRunner, job_id: str) -> JSONResponse:
 
 def _applied(searcher: Searcher, jobs: JobRunner | None, editor: CatalogEditor, seq: int) -> bool:
     """Apply the new changes to this server's view now; start a compaction once enough are pending."""
-    visible = searcher.refresh_live() >= seq
+    visible = searcher.catch_up() >= seq
     if jobs is not None and editor.compact_due():
         jobs.submit_compaction()
     return visible

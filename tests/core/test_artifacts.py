@@ -54,7 +54,6 @@ def test_version_without_manifest_is_incomplete(index_copy: Path) -> None:
 
 @pytest.mark.reliability
 def test_row16_service_refuses_an_index_built_with_another_model(index_copy: Path, encoder) -> None:
-    from catalens.db import create_db_engine, create_session_factory
     from retrieval.searcher import load_snapshot
 
     manifest_path = _active(index_copy) / "manifest.json"

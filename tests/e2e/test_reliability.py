@@ -101,7 +101,8 @@ def app_client(searcher: Any) -> Any:
     from indexer.live import IndexEditor
     from retrieval.app import create_app
 
-    app = create_app(searcher.settings, searcher=searcher, editor=IndexEditor(searcher.settings, searcher.encoder, searcher.reranker))
+    app = create_app(searcher.settings, searcher=searcher, 
+                     editor=IndexEditor(searcher.settings, searcher.encoder, searcher.reranker))
     return TestClient(app, raise_server_exceptions=False)
 
 

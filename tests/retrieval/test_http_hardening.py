@@ -158,7 +158,8 @@ def admin_client(tmp_path: Path, encoder) -> Iterator:
     from retrieval.app import create_app
 
     searcher = _empty_searcher(tmp_path / "admin-index", encoder, api_key=KEY)
-    app = create_app(searcher.settings, searcher=searcher, editor=IndexEditor(searcher.settings, searcher.encoder, searcher.reranker))
+    app = create_app(searcher.settings, searcher=searcher, 
+                     editor=IndexEditor(searcher.settings, searcher.encoder, searcher.reranker))
     with TestClient(app, raise_server_exceptions=False,
                     headers={"X-API-Key": KEY}) as c:
         yield c
