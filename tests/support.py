@@ -6,7 +6,9 @@ import csv
 import os
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +122,49 @@ def image_search(server: Server, path: Path, k: int = 10) -> dict:
                       data={"k": str(k)}, timeout=30)
     assert resp.status_code == 200, resp.text
     return resp.json()
+
+
+class GatedImageServer:
+    """An HTTP image host on 127.0.0.1 that holds every request until `open()` is called.
+
+    A catalog that points one image here stops its builder at a known point (mid-embedding,
+    lock held) for as long as a test needs, with no sleeps and no races.
+    """
+
+    def __init__(self, image: bytes) -> None:
+        self.image = image
+        self.gate = threading.Event()
+        self.hit = threading.Event()
+        gate, hit = self.gate, self.hit
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                hit.set()
+                gate.wait(120)
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "image/jpeg")
+                    self.send_header("Content-Length", str(len(image)))
+                    self.end_headers()
+                    self.wfile.write(image)
+                except OSError:
+                    pass  # the builder was killed while we held it
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, name: str = "gated.jpg") -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/{name}"
+
+    def open(self) -> None:
+        self.gate.set()
+
+    def close(self) -> None:
+        self.gate.set()
+        self.server.shutdown()
+        self.server.server_close()

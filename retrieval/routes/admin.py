@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from catalens.editing import CatalogEditor
 from catalens.errors import ForbiddenError, UnauthorizedError
-from catalens.records import Availability
+from catalens.records import Availability, normalize_availability
 from catalens.validation import attribute_problem, product_id_problem
 from retrieval.deps import EditorDep, JobsDep, SearcherDep, SettingsDep
 from retrieval.jobs import JobRunner
@@ -58,9 +58,15 @@ class ProductIn(BaseModel):
     brand: Text | None = None
     price: float | None = Field(default=None, ge=0, allow_inf_nan=False, strict=True)
     currency: Text | None = None
-    availability: Availability | bool | None = Field(default=None, description="default in_stock; true/false too")
+    availability: Availability | None = Field(default=None, description="default in_stock; catalog spellings such as "
+                                              "'In stock', 'out-of-stock' or true/false are taken too")
 
     _finite_price = field_validator("price")(require_finite)
+
+    @field_validator("availability", mode="before")
+    @classmethod
+    def _known_availability(cls, value: Any) -> Any:
+        return None if value is None else normalize_availability(value)
 
     @field_validator("product_id")
     @classmethod
@@ -130,6 +136,11 @@ class PatchIn(BaseModel):
     attributes: dict[str, Any] | None = None
 
     _finite_price = field_validator("price")(require_finite)
+
+    @field_validator("availability", mode="before")
+    @classmethod
+    def _known_availability(cls, value: Any) -> Any:
+        return None if value is None else normalize_availability(value)
 
 
 class PatchOut(BaseModel):

@@ -11,7 +11,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from PIL import Image
 from catalens import artifacts
 from tests.support import (
     CATALENS,
+    GatedImageServer,
     Server,
     absolute_images,
     build_in_process,
@@ -44,52 +44,6 @@ THRESHOLD = "0.995"  # near-identical: a JPEG re-encode of one picture scores ab
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-class GatedImageServer:
-    """An HTTP image host on 127.0.0.1 that holds every request until `open()` is called.
-
-    A catalog that points one image here stops its builder at a known point (mid-embedding,
-    lock held) for as long as a test needs, with no sleeps and no races.
-    """
-
-    def __init__(self, image: bytes) -> None:
-        self.image = image
-        self.gate = threading.Event()
-        self.hit = threading.Event()
-        gate, hit = self.gate, self.hit
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                hit.set()
-                gate.wait(120)
-                try:
-                    self.send_response(200)
-                    self.send_header("Content-Type", "image/jpeg")
-                    self.send_header("Content-Length", str(len(image)))
-                    self.end_headers()
-                    self.wfile.write(image)
-                except OSError:
-                    pass  # the builder was killed while we held it
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def url(self, name: str = "gated.jpg") -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/{name}"
-
-    def open(self) -> None:
-        self.gate.set()
-
-    def close(self) -> None:
-        self.gate.set()
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def cli_json(*args: str, env: dict[str, str] | None = None) -> Any:

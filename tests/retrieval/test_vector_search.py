@@ -10,7 +10,7 @@ version writers, large enough that a category filter took the old over-fetch pat
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
@@ -326,6 +326,8 @@ def searcher_on(request: pytest.FixtureRequest, catalog: Catalog, encoder,
     """A Searcher serving a version of the catalog built with this factory (shared database)."""
     from catalens.config import Settings
     from catalens.db import create_db_engine, create_session_factory
+    from catalens.product_table import PRODUCTS, write_products
+    from indexer.store import read_records
     from retrieval.searcher import Searcher
 
     index_dir = tmp_path_factory.mktemp("version")
@@ -336,12 +338,21 @@ def searcher_on(request: pytest.FixtureRequest, catalog: Catalog, encoder,
         version_id=version_id, model=encoder.spec.model, pretrained=encoder.spec.pretrained, dim=catalog.dim,
         count=images.ntotal, text_count=texts.ntotal, factory=request.param, catalog="synthetic",
         catalog_checksum="-", model_id=encoder.model_id)
-    artifacts.write_version_files(artifacts.staging_dir(index_dir, version_id), manifest=manifest,
-                                  images=images, texts=texts)
+    staging = artifacts.staging_dir(index_dir, version_id)
+    staging.mkdir(parents=True)
+    sessions = create_session_factory(create_db_engine(catalog.db_url))
+    with sessions() as session:
+        records = read_records(session)
+    owned: dict[int, list[tuple[int, int]]] = {}
+    positions = {img.id: img.position for r in records for img in r.images}
+    for vid, pk in zip(catalog.vector_ids.tolist(), catalog.owners.tolist()):
+        owned.setdefault(pk, []).append((vid, positions.get(vid, -1) if vid < TEXT_ID_BASE else -1))
+    write_products(staging / PRODUCTS, records, owned)
+    artifacts.write_version_files(staging, manifest=manifest, images=images, texts=texts, written=(PRODUCTS,))
     artifacts.promote_staging(index_dir, version_id)
-    artifacts.set_active(index_dir, version_id)
+    artifacts.set_active(index_dir, version_id, since_seq=0)
     settings = Settings(index_dir=index_dir, database_url=catalog.db_url, threads=1)
-    searcher = Searcher(settings, create_session_factory(create_db_engine(catalog.db_url)), encoder)
+    searcher = Searcher(settings, sessions, encoder)
     searcher.reload()
     yield searcher
     searcher._rerank_pool.shutdown()
@@ -379,17 +390,17 @@ def test_searcher_filtered_query_returns_k_passing_products_best_first(searcher_
     passes[0] = False
     if name == "category":
         assert passes.sum() > OLD_SUBSET_PRODUCTS  # the old code over-fetched and post-filtered here
-    snap = searcher_on.snapshot
+    view = searcher_on.view
     rng = np.random.default_rng(k)
     for cluster in rng.choice(len(catalog.centres), 6, replace=False):  # queries in and out of the category
         query = catalog.centres[cluster] + 0.6 / np.sqrt(catalog.dim) * rng.standard_normal(catalog.dim)
         query = (query / np.linalg.norm(query)).astype(np.float32)
-        outcome = searcher_on._search(snap, query, k, filters, encode_s=0.0)
+        outcome = searcher_on._search(view, query, k, filters, encode_s=0.0)
         want_pks, want_scores = expected(catalog, query, passes)
         hits = outcome.hits
         assert len(hits) == min(k, len(want_pks))
         for hit in hits:
-            assert passes[hit.product.id] and not hit.product.deleted
+            assert passes[hit.product.pk]
             assert (hit.image_position is None) == (hit.vector_id >= TEXT_ID_BASE)
         scores = np.array([h.score for h in hits])
         assert (np.diff(scores) <= 1e-5).all()
@@ -404,28 +415,47 @@ def test_similar_with_a_broad_filter_excludes_itself(searcher_on, catalog: Catal
     pk = int(np.flatnonzero(catalog.category == 0)[5])
     outcome = searcher_on.similar(f"p{pk:05d}", K, Filters(price_max=400.0))
     assert len(outcome.hits) == K
-    assert all(h.product.id != pk and h.product.category == "apparel" and h.product.price <= 400
+    assert all(h.product.pk != pk and h.product.category == "apparel" and h.product.price <= 400
                for h in outcome.hits)
 
 
-def test_products_deleted_after_the_build_never_come_back(searcher_on, catalog: Catalog) -> None:
-    """The allowed set is read from SQL on every query: a product deleted since the build is out at once."""
-    from sqlalchemy import update
+def test_products_changed_after_the_build_are_searched_live(searcher_on, catalog: Catalog) -> None:
+    """Deletions, and patches that move products in or out of a filter, are in the next query: k
+    results that all pass the filter with their newest fields, on HNSW and IVF."""
+    from sqlalchemy import delete
 
-    from catalens.schema import Product
+    from catalens import changes
+    from catalens.schema import CatalogChange
+    from indexer.store import read_records
     from retrieval.searcher import Filters
 
     query = catalog.text_vectors[0]
-    first = searcher_on._search(searcher_on.snapshot, query, K, Filters(category=("apparel",)), encode_s=0.0)
-    gone = [h.product.id for h in first.hits[:3]]
-    with searcher_on.sessions() as session:
-        session.execute(update(Product).where(Product.id.in_(gone)).values(deleted=True))
-        session.commit()
+    apparel = Filters(category=("apparel",))
+    first = searcher_on._search(searcher_on.view, query, K, apparel, encode_s=0.0)
+    gone = [h.product.pk for h in first.hits[:3]]
+    moved_out = [h.product.pk for h in first.hits[3:5]]  # now "home"
+    moved_in = [int(pk) for pk in np.flatnonzero(catalog.category == 1)[:2000]]  # now "apparel"
+    with searcher_on.sessions.begin() as session:
+        records = {r.pk: r for r in read_records(session, pks=gone + moved_out + moved_in)}
+        for pk in gone:
+            changes.append(session, "delete", records[pk])
+        for pk in moved_out:
+            changes.append(session, "patch", replace(records[pk], category="home"))
+        for pk in moved_in:
+            changes.append(session, "patch", replace(records[pk], category="apparel", price=1.0))
     try:
-        again = searcher_on._search(searcher_on.snapshot, query, K, Filters(category=("apparel",)), encode_s=0.0)
-        assert len(again.hits) == K and not {h.product.id for h in again.hits} & set(gone)
-        assert {h.product.id for h in first.hits[3:]} <= {h.product.id for h in again.hits}
+        searcher_on.refresh_live()
+        assert searcher_on.view.live.changed == len(gone) + len(moved_out) + len(moved_in)
+        again = searcher_on._search(searcher_on.view, query, K, apparel, encode_s=0.0)
+        assert len(again.hits) == K
+        assert not {h.product.pk for h in again.hits} & set(gone + moved_out)
+        assert all(h.product.category == "apparel" for h in again.hits)
+        cheap = searcher_on._search(searcher_on.view, query, K, Filters(category=("apparel",), price_max=1.0),
+                                    encode_s=0.0)
+        assert len(cheap.hits) == K and {h.product.pk for h in cheap.hits} <= set(moved_in)
+        unfiltered = searcher_on._search(searcher_on.view, query, K, Filters(), encode_s=0.0)
+        assert len(unfiltered.hits) == K and not {h.product.pk for h in unfiltered.hits} & set(gone)
     finally:
-        with searcher_on.sessions() as session:
-            session.execute(update(Product).where(Product.id.in_(gone)).values(deleted=False))
-            session.commit()
+        with searcher_on.sessions.begin() as session:
+            session.execute(delete(CatalogChange))
+        searcher_on.reload()
