@@ -1,4 +1,4 @@
-"""`catalens bench index|query|ann|rerank`: run a measure_* function, write its JSON + PNG, print it.
+"""`catalens bench index|query|ann|rerank|update`: run a measure_* function, write its JSON + PNG, print it.
 
 Each command prints one JSON object with --json (else a short table) and writes
 <out>/<name>.json and <out>/<name>.png, with the machine named. Generated catalogs and
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from bench.index import IndexBench
     from bench.query import QueryBench
     from bench.rerank import RerankBench
+    from bench.update import UpdateBench
 
 
 def _log(args: argparse.Namespace) -> Log:
@@ -150,6 +151,30 @@ def cmd_bench_rerank(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def update_text(r: UpdateBench, files: dict[str, str]) -> str:
+    lines = [f"bench update: {r.model}, {r.n} products, {r.samples} changes of each kind"]
+    for kind in ("upsert", "patch", "delete"):
+        stats = getattr(r, kind)
+        base = (r.baseline or {}).get(kind)
+        lines.append(f"  {kind:<7} visible p50 {stats['p50_ms']:8.1f} ms  p99 {stats['p99_ms']:8.1f} ms"
+                     + (f"   (full republish: p50 {base['p50_ms']:.0f}, p99 {base['p99_ms']:.0f})" if base else ""))
+    for size, stats in r.search_live.items():
+        lines.append(f"  search with {int(size):>6} live changes: p50 {stats['p50_ms']:.2f} ms, p99 {stats['p99_ms']:.2f} ms")
+    return "\n".join(lines) + f"\nwrote {files}"
+
+
+def cmd_bench_update(args: argparse.Namespace, settings: Settings) -> int:
+    from bench.plots import plot_update
+    from bench.update import measure_update
+
+    result = measure_update(_bench_settings(args, settings), n=args.n, seed=args.seed, samples=args.samples,
+                            live_sizes=tuple(args.live_sizes), queries=args.queries, baseline=args.baseline,
+                            log=_log(args))
+    data = _write(args, f"update-{model_slug(result.model)}-n{result.n}", result, plot_update)
+    emit(args, data, update_text(result, data["files"]))
+    return 0
+
+
 # --- parser ------------------------------------------------------------------------------------
 
 
@@ -184,7 +209,7 @@ def _bench_flags(p: argparse.ArgumentParser, *, model: bool) -> None:
 
 
 def register(sub: Subcommands) -> None:
-    """Add `bench index|query|ann|rerank` to the `catalens` command."""
+    """Add `bench index|query|ann|rerank|update` to the `catalens` command."""
     bench = sub.add_parser("bench", help="benchmarks: indexing throughput, query latency, ANN recall/QPS, rerank cost")
     kinds = bench.add_subparsers(dest="bench_command", required=True, metavar="KIND")
 
@@ -211,6 +236,18 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--server-timeout", type=float, default=180.0, help="seconds to wait for /readyz")
     _bench_flags(p, model=True)
     p.set_defaults(handler=cmd_bench_query)
+
+    p = kinds.add_parser("update", help="live upsert / patch / delete: time until search shows it; search cost "
+                                        "by live-layer size")
+    p.add_argument("--n", type=int, default=10_000, help="products in the generated catalog")
+    p.add_argument("--samples", type=int, default=20, help="changes of each kind timed")
+    p.add_argument("--live-sizes", type=_ints, default=[0, 1000, 10_000],
+                   help="live-layer sizes to time searches at (comma-separated)")
+    p.add_argument("--queries", type=int, default=200, help="searches timed per live-layer size")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="JSON of the same changes on an earlier build ({kind: {p50_ms, p99_ms}}), shown beside")
+    _bench_flags(p, model=True)
+    p.set_defaults(handler=cmd_bench_update)
 
     p = kinds.add_parser("rerank", help="reranker cost: query-time scoring of top_n candidates, index-time features")
     p.add_argument("--reranker", default=None, help="catalens-itm (default), blip:<id>, coca:<model>@<pretrained>")

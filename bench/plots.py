@@ -9,6 +9,7 @@ from bench.ann import RECALL_TARGET, AnnBench
 from bench.index import IndexBench
 from bench.query import SCENARIOS, QueryBench
 from bench.rerank import RerankBench
+from bench.update import UpdateBench
 
 
 def _pyplot():
@@ -106,6 +107,38 @@ def plot_rerank(result: RerankBench, path: Path) -> None:
         ax.text(v, y, f" {v:.1f} ms", va="center", fontsize=8)
     ax.set_xlabel("milliseconds")
     ax.set_title(f"{result.reranker[:60]}\ntop {result.top_n} - {_machine_line(result.machine)}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_update(result: UpdateBench, path: Path) -> None:
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8))
+    kinds = ["upsert", "patch", "delete"]
+    width = 0.2
+    series = [("live p50", {k: getattr(result, k)["p50_ms"] for k in kinds}, "#2ca02c"),
+              ("live p99", {k: getattr(result, k)["p99_ms"] for k in kinds}, "#d62728")]
+    if result.baseline:
+        for q, colour in (("p50_ms", "#9467bd"), ("p99_ms", "#8c564b")):
+            series.append((f"republish {q[:3]}", {k: (result.baseline.get(k) or {}).get(q, 0) for k in kinds}, colour))
+    for j, (label, values, colour) in enumerate(series):
+        left.bar([i + (j - (len(series) - 1) / 2) * width for i in range(len(kinds))], [values[k] for k in kinds],
+                 width, label=label, color=colour)
+    left.set_xticks(range(len(kinds)))
+    left.set_xticklabels(kinds)
+    left.set_ylabel("request -> visible in search (ms)")
+    if result.baseline:
+        left.set_yscale("log")
+    left.legend(fontsize=7)
+    sizes = list(result.search_live)
+    for q, colour in (("p50_ms", "#2ca02c"), ("p99_ms", "#d62728")):
+        right.plot([int(s) for s in sizes], [result.search_live[s][q] for s in sizes], "o-", color=colour,
+                   label=q.replace("_ms", ""))
+    right.set_xlabel("live changes over the snapshot")
+    right.set_ylabel("search latency (ms)")
+    right.legend(fontsize=8)
+    fig.suptitle(f"Live updates: {result.model}, {result.n} products\n{_machine_line(result.machine)}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

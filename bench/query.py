@@ -165,13 +165,13 @@ def stop_serve(proc: subprocess.Popen[bytes], *, grace_s: float = 15.0) -> None:
 
 @contextlib.contextmanager
 def serve_subprocess(settings: Settings, index_dir: Path, *, threads: int, log_path: Path,
-                     timeout: float) -> Iterator[str]:
+                     timeout: float, env: dict[str, str] | None = None) -> Iterator[str]:
     """`catalens serve` for a benchmark: this model and thread count; yields its URL once ready."""
     flags = ["--model", settings.model, "--threads", str(threads), "--device", settings.device]
     if settings.pretrained:
         flags += ["--pretrained", settings.pretrained]
-    url, proc = start_serve(index_dir, flags=flags, env={"CATALENS_THREADS": str(threads)}, log_path=log_path,
-                            timeout=timeout)
+    url, proc = start_serve(index_dir, flags=flags, env={"CATALENS_THREADS": str(threads), **(env or {})},
+                            log_path=log_path, timeout=timeout)
     try:
         yield url
     finally:
@@ -188,12 +188,14 @@ def ensure_query_index(settings: Settings, catalog: Path, *, n: int, seed: int, 
     encoder = load_encoder(settings)
     try:
         manifest = artifacts.read_manifest(artifacts.active_version_path(index_dir))
-        if manifest.model_id == encoder.model_id and not rebuild:
+        if manifest.model_id != encoder.model_id or rebuild:
+            shutil.rmtree(index_dir, ignore_errors=True)
+        else:
+            artifacts.verify_version(artifacts.active_version_path(index_dir), checksums=False)
             log(f"reusing index {index_dir} ({manifest.count} vectors, {manifest.factory})")
             return index_dir
-    except CatalensError:
-        pass
-    shutil.rmtree(index_dir, ignore_errors=True)
+    except CatalensError as exc:  # e.g. built by an older Catalens: the build below reuses its embeddings
+        log(f"building a new version in {index_dir}: {exc}")
     log(f"building the index of {n} products in {index_dir}")
     t0 = time.perf_counter()
     summary = build_index(settings.model_copy(update={"index_dir": index_dir}),

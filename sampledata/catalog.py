@@ -153,12 +153,19 @@ def _write_catalog_csv(path: Path, products: list[SampleProduct]) -> None:
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["product_id", "title", "description", "image", "category", "brand",
-                         "price", "currency", "main_colour", "secondary_colour", "pattern",
+                         "price", "currency", "availability", "main_colour", "secondary_colour", "pattern",
                          "material"])
         for p in products:
             writer.writerow([p.product_id, p.title, p.description, "|".join(p.images),
-                             p.spec.category, p.brand, f"{p.price:.2f}", "USD", p.spec.main,
+                             p.spec.category, p.brand, f"{p.price:.2f}", "USD", availability(p.product_id), p.spec.main,
                              p.spec.secondary or "", p.spec.pattern, p.material])
+
+
+def availability(product_id: str) -> str:
+    """About one product in ten is out of stock; from the id's hash, so the world's random stream is untouched."""
+    import hashlib
+
+    return "out_of_stock" if hashlib.sha256(product_id.encode()).digest()[0] < 26 else "in_stock"
 
 
 def build_queries(products: list[SampleProduct], *, seed: int, n: int, out: Path,

@@ -65,5 +65,6 @@ export function searchSimilar({ productId, k, filters }, signal) {
   for (const b of filters.brand || []) params.append("brand", b);
   if (filters.price_min !== undefined) params.set("price_min", String(filters.price_min));
   if (filters.price_max !== undefined) params.set("price_max", String(filters.price_max));
+  for (const a of filters.availability || []) params.append("availability", a);
   return call(`/v1/products/${encodeURIComponent(productId)}/similar?${params}`, { signal });
 }

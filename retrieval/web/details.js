@@ -1,7 +1,7 @@
 // The product details dialog: a native <dialog> (Escape and focus trapping come with it).
 
 import { getProduct } from "./api.js";
-import { el, formatPrice, h, renderCode } from "./dom.js";
+import { availabilityLabel, el, formatPrice, h, renderCode } from "./dom.js";
 import { describeError } from "./errors.js";
 import { state } from "./state.js";
 
@@ -54,6 +54,7 @@ function attributeRows(p) {
   return [
     ["Brand", p.brand],
     ["Category", p.category],
+    ["Availability", availabilityLabel(p.availability || "in_stock")],
     ...Object.entries(p.attributes || {}).map(([key, value]) => [labelise(key), value]),
     ["Product ID", p.product_id],
   ].filter(([, value]) => value !== null && value !== undefined && value !== "");

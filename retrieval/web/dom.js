@@ -20,6 +20,7 @@ export const el = {
   priceMin: $("#price-min"),
   priceMax: $("#price-max"),
   priceHint: $("#price-hint"),
+  inStock: $("#in-stock"),
   clearFilters: $("#clear-filters"),
   rerank: $("#rerank"),
   rerankToggle: $("#rerank-toggle"),
@@ -109,4 +110,10 @@ export function humanSize(bytes) {
 export function formatNames(mimeTypes) {
   const names = mimeTypes.map((m) => (m.split("/")[1] || m).toUpperCase());
   return names.length > 1 ? `${names.slice(0, -1).join(", ")} or ${names.at(-1)}` : names.join("");
+}
+
+// A product's availability as a shopper reads it.
+export function availabilityLabel(value) {
+  return { in_stock: "In stock", out_of_stock: "Out of stock", preorder: "Preorder", backorder: "Backorder" }[value]
+    || value;
 }

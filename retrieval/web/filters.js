@@ -1,5 +1,5 @@
-// The filters panel: category and brand facets from /v1/facets, the price range, the rerank
-// toggle, and the filter values a search sends.
+// The filters panel: category and brand facets from /v1/facets, the price range, "in stock
+// only", the rerank toggle, and the filter values a search sends.
 
 import { getFacets } from "./api.js";
 import { el, h } from "./dom.js";
@@ -24,6 +24,7 @@ export function currentFilters() {
     brand: checkedValues(el.facetBrand),
     price_min: readPrice(el.priceMin),
     price_max: readPrice(el.priceMax),
+    availability: el.inStock.checked ? ["in_stock"] : [],
   };
 }
 
@@ -43,6 +44,7 @@ export function filtersBody(f) {
   if (f.brand.length) body.brand = f.brand;
   if (f.price_min !== null) body.price_min = f.price_min;
   if (f.price_max !== null) body.price_max = f.price_max;
+  if (f.availability.length) body.availability = f.availability;
   return body;
 }
 
@@ -53,7 +55,8 @@ export function rerankOn() {
 // The badge with the number of active filters, the clear button and the price hint.
 export function updateFilterSummary() {
   const f = currentFilters();
-  const n = f.category.length + f.brand.length + (f.price_min !== null ? 1 : 0) + (f.price_max !== null ? 1 : 0);
+  const n = f.category.length + f.brand.length + (f.price_min !== null ? 1 : 0) + (f.price_max !== null ? 1 : 0)
+    + (f.availability.length ? 1 : 0);
   el.filterCount.hidden = n === 0;
   el.filterCount.textContent = String(n);
   el.filterCount.setAttribute("aria-label", `${n} active`);
@@ -68,6 +71,7 @@ export function clearFilters() {
   for (const c of document.querySelectorAll(".facet input[type=checkbox]")) c.checked = false;
   el.priceMin.value = "";
   el.priceMax.value = "";
+  el.inStock.checked = false;
 }
 
 // Re-rendering keeps what is ticked (the values come back after a new index is published).
@@ -135,6 +139,7 @@ export function wireFilters({ onChange, debounceMs }) {
   el.rerank.addEventListener("change", onChange);
   el.facetCategory.addEventListener("change", onChange);
   el.facetBrand.addEventListener("change", onChange);
+  el.inStock.addEventListener("change", onChange);
   for (const input of [el.priceMin, el.priceMax]) {
     input.addEventListener("input", () => {
       clearTimeout(state.priceTimer);

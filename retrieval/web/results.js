@@ -2,7 +2,7 @@
 // #results carries data-state (idle | loading | done | empty | error) and data-seq (searches
 // finished so far): tests and assistive code read them to know when an answer is on screen.
 
-import { $, el, formatMs, formatPrice, h, renderCode } from "./dom.js";
+import { $, availabilityLabel, el, formatMs, formatPrice, h, renderCode } from "./dom.js";
 import { describeError } from "./errors.js";
 import { state } from "./state.js";
 
@@ -143,6 +143,12 @@ function renderCard(r, i, { onOpen, onSimilar }) {
   open.addEventListener("click", () => onOpen(r.product_id, open));
   $(".card-brand", card).textContent = [r.brand, r.category].filter(Boolean).join(" · ");
   $(".card-price", card).textContent = formatPrice(r.price, r.currency);
+  card.dataset.availability = r.availability || "in_stock";
+  if (r.availability && r.availability !== "in_stock") {
+    const badge = $(".card-availability", card);
+    badge.textContent = availabilityLabel(r.availability);
+    badge.hidden = false;
+  }
   cardScore(card, r);
 
   const more = $(".more-like-this", card);

@@ -235,6 +235,26 @@ def test_filters_are_honoured(page, sample_index: SampleIndex) -> None:
     shot(page, "filter-empty")
 
 
+def test_in_stock_only_hides_what_cannot_be_bought(page, sample_index: SampleIndex) -> None:
+    by_id = {r["product_id"]: r for r in sample_index.rows()}
+    out_of_stock = [r for r in sample_index.rows() if r["availability"] == "out_of_stock"]
+    assert out_of_stock, "the sample world marks some products out of stock"
+    text_search(page, out_of_stock[0]["title"])
+    shown = cards(page)
+    assert any(c["availability"] == "out_of_stock" for c in shown)
+    badge = page.locator(f'.card[data-product-id="{out_of_stock[0]["product_id"]}"] .card-availability')
+    if badge.count():
+        assert badge.inner_text() == "Out of stock"
+    before = seq(page)
+    page.check("#in-stock")
+    assert wait_search(page, before) == "done"
+    found = cards(page)
+    assert found and all(c["availability"] == "in_stock" for c in found)
+    assert all(by_id[c["productId"]]["availability"] == "in_stock" for c in found)
+    assert page.inner_text("#filter-count") == "1"
+    shot(page, "filter-in-stock")
+
+
 def test_rerank_toggle_reranks_and_says_so(page, sample_index: SampleIndex) -> None:
     row = next(r for r in sample_index.rows() if r["pattern"] == "striped")
     query = f"{row['main_colour']} {row['category']} with {row['secondary_colour']} stripes"
