@@ -478,9 +478,9 @@ def write_version_files(staging: Path, *, manifest: Manifest, images: FaissIndex
     atomic_write_text(staging / MANIFEST, json.dumps(asdict(manifest), indent=2))
 
 
-def promote_staging(index_dir: Path, version_id: str) -> Path:
-    """Move a complete staging folder into versions/ (same filesystem, so the rename is atomic)."""
-    src = staging_dir(index_dir, version_id)
+def promote_staging(index_dir: Path, version_id: str, src: Path | None = None) -> Path:
+    """Move a complete staging folder (default staging/<id>) into versions/ (same filesystem: an atomic rename)."""
+    src = src or staging_dir(index_dir, version_id)
     dst = versions_dir(index_dir) / version_id
     dst.parent.mkdir(parents=True, exist_ok=True)
     os.replace(src, dst)

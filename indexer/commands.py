@@ -50,7 +50,7 @@ def _then_compact(args: argparse.Namespace, ctx: EditContext, text: str) -> str:
 
     if not compact_due(ctx):
         return text
-    result = compact(ctx, progress=not getattr(args, "quiet", True))
+    result = compact(ctx)
     return text + (f"\n{result.folded} live changes passed CATALENS_COMPACT_AFTER: folded into index version "
                    f"{result.version_id} ({result.seconds}s)")
 
@@ -120,7 +120,7 @@ def cmd_index_compact(args: argparse.Namespace, settings: Settings) -> int:
 
     from indexer.live import compact
 
-    result = compact(_edit_context(settings), progress=not args.quiet, keep=args.keep)
+    result = compact(_edit_context(settings), keep=args.keep)
     emit(args, asdict(result), f"folded {result.folded} live changes into index version {result.version_id} "
                                f"({result.vectors} vectors, {result.seconds}s)")
     return 0
@@ -231,9 +231,8 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--ids-file", type=Path, help="file with one product id per line")
     add_common_flags(p)
     p.set_defaults(handler=cmd_index_delete)
-    p = index.add_parser("compact", help="fold the live changes into a new snapshot (no model time for cached items)")
+    p = index.add_parser("compact", help="fold the live changes into a new snapshot (no model runs; edits go on)")
     p.add_argument("--keep", type=int, default=3, help="index versions to keep")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_common_flags(p)
     p.set_defaults(handler=cmd_index_compact)
     p = index.add_parser("versions", help="list index versions (* = active)")

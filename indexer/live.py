@@ -34,6 +34,7 @@ from catalens.schema import IndexVersion, Product
 from catalens.validation import attribute_problem, text_problem
 from indexer import publish
 from indexer.catalog import CatalogRow, product_text
+from indexer.compaction import compact as compact_snapshot
 from indexer.embedder import EmbedCounts, Embedder, embed_images, embed_texts
 from indexer.embedding_cache import Caches, EmbeddingCache, feature_cache
 from indexer.lock import builder_lock
@@ -133,7 +134,7 @@ def upsert_rows(ctx: EditContext, rows: list[CatalogRow], *, source: str, images
             publish.fail(settings, sessions, edit_id, exc)
             raise
     if first:  # nothing to serve the changes over yet: they become the first snapshot
-        compact(ctx, progress=progress)
+        build_index(settings, BuildOptions(catalog=None, progress=progress), encoder=encoder)
     return summary
 
 
@@ -311,13 +312,9 @@ def delete_products(ctx: EditContext, product_ids: list[str]) -> DeleteSummary:
 # --- compaction --------------------------------------------------------------------------------
 
 
-def compact(ctx: EditContext, *, progress: bool = False, keep: int = 3) -> CompactSummary:
-    """Fold the live changes into a new snapshot of the catalog of record (no model time for cached items)."""
-    settings = ctx.settings
-    folded = pending_changes(settings, ctx.db())
-    summary = build_index(settings, BuildOptions(catalog=None, progress=progress, keep=keep), encoder=ctx.model())
-    return CompactSummary(version_id=summary.version_id or "", folded=folded, vectors=summary.vectors,
-                          seconds=summary.seconds)
+def compact(ctx: EditContext, *, keep: int = 3) -> CompactSummary:
+    """Fold the live changes into a new snapshot (indexer.compaction); edits go on meanwhile."""
+    return compact_snapshot(ctx.settings, keep=keep)
 
 
 def compact_due(ctx: EditContext) -> bool:

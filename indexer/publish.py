@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
@@ -20,7 +21,7 @@ from catalens.db import Sessions, open_database, refresh_statistics
 from catalens.errors import CatalensError, InsufficientStorageError, PublishRefusedError
 from catalens.product_table import PRODUCTS, ProductTable
 from catalens.schema import IndexVersion
-from indexer.lock import builder_lock
+from indexer.lock import builder_lock, compaction_running
 from indexer.store import restore, restore_active
 
 LOG = logging.getLogger(__name__)
@@ -36,13 +37,19 @@ def fail_stale_builds(settings: Settings, sessions: Sessions) -> list[str]:
     to a builder that died (SIGKILL, OOM, power loss) before it could record its end; what it
     wrote to the catalog of record is put back to what queries see.
     """
+    running_compaction = compaction_running(settings.index_dir)
     with sessions.begin() as session:
-        stale = list(session.scalars(select(IndexVersion.version_id).where(IndexVersion.status == "building")))
+        rows = session.execute(select(IndexVersion.version_id, IndexVersion.kind)
+                               .where(IndexVersion.status == "building")).all()
+        # A compaction writes its snapshot without the builder lock: its row is stale only if no
+        # process holds the compaction lock.
+        stale = [v for v, kind in rows if kind != "compact" or not running_compaction]
         if stale:
             session.execute(update(IndexVersion).where(IndexVersion.version_id.in_(stale)).values(
                 status="failed", summary={"error": "the builder died before finishing (found by a later build)"}))
     if stale:
         LOG.warning("marked %d interrupted build(s) as failed: %s", len(stale), ", ".join(stale))
+    if any(kind != "compact" for v, kind in rows if v in stale):  # a compaction never writes the catalog of record
         restore_active(settings, sessions)
     return stale
 
@@ -98,10 +105,10 @@ def check_failure_ratio(settings: Settings, *, images_ok: int, images_failed: in
 
 
 def publish(settings: Settings, sessions: Sessions, manifest: artifacts.Manifest, *, keep: int,
-            summary: dict[str, Any]) -> None:
-    """Promote the staged version, make it active with no live changes over it (atomic pointer swap),
-    prune, record it 'ready' and drop the change log it holds."""
-    artifacts.promote_staging(settings.index_dir, manifest.version_id)
+            summary: dict[str, Any], staging: Path | None = None) -> None:
+    """Promote the staged version, make it active with the live changes after its watermark over it
+    (atomic pointer swap), prune, record it 'ready' and drop the change log it holds."""
+    artifacts.promote_staging(settings.index_dir, manifest.version_id, staging)
     artifacts.set_active(settings.index_dir, manifest.version_id, since_seq=manifest.watermark)
     artifacts.prune_versions(settings.index_dir, keep)
     with sessions.begin() as session:

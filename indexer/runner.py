@@ -25,6 +25,7 @@ from indexer import publish
 from indexer.catalog import CatalogRow, check_catalog_path
 from indexer.embedder import EmbedCounts, Embedder, embed_images, embed_texts
 from indexer.embedding_cache import Caches, EmbeddingCache, feature_cache, remove_partial_shards
+from indexer.lock import compaction_lock
 from indexer.plan import build_roots, image_jobs, text_jobs
 from indexer.reader import ImageReader
 from indexer.sync import read_rows, record_row_errors, sync_products
@@ -103,7 +104,7 @@ def build_index(settings: Settings, options: BuildOptions, *, encoder: ClipEncod
     start = time.monotonic()
     if options.catalog is not None:
         check_catalog_path(options.catalog)
-    with publish.guarded(settings, "build"):
+    with compaction_lock(settings.index_dir), publish.guarded(settings, "build"):
         engine, sessions = open_database(settings.db_url)
         try:
             return _build_locked(settings, options, sessions, encoder=encoder, embedder=embedder, start=start)

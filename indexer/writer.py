@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from catalens import artifacts
@@ -53,10 +55,20 @@ def write_version(settings: Settings, sessions: Sessions, cache: EmbeddingCache,
                   model_id: str, *, version_id: str, catalog: str, checksum: str, factory: str | None,
                   images_root: str = "", watermark: int = 0,
                   features: EmbeddingCache | None = None) -> artifacts.Manifest:
-    """A whole snapshot of the catalog of record into staging, validated: both FAISS indexes, the
-    products file, the reranker features; `watermark` is the last live change it holds."""
+    """A whole snapshot of the catalog of record into staging/, validated (see write_snapshot)."""
     with sessions() as session:
         records = read_records(session)
+    return write_snapshot(records, artifacts.staging_dir(settings.index_dir, version_id), cache, spec, dim, model_id,
+                          version_id=version_id, catalog=catalog, checksum=checksum, factory=factory,
+                          images_root=images_root, watermark=watermark, features=features)
+
+
+def write_snapshot(records: list[ProductRecord], staging: Path, cache: EmbeddingCache, spec: ModelSpec, dim: int,
+                   model_id: str, *, version_id: str, catalog: str, checksum: str, factory: str | None,
+                   images_root: str = "", watermark: int = 0,
+                   features: EmbeddingCache | None = None) -> artifacts.Manifest:
+    """These products as a version in `staging`, validated: both FAISS indexes, the products file, the
+    reranker features; `watermark` is the last live change it holds. Vectors come from the caches."""
     img_ids, img_vecs, owned = collect_vectors(records, cache, dim)
     text_ids, text_vecs = text_vectors(records, cache, dim)
     factory = factory or artifacts.default_factory(len(img_ids))
@@ -69,7 +81,6 @@ def write_version(settings: Settings, sessions: Sessions, cache: EmbeddingCache,
         count=images.ntotal, text_count=texts.ntotal, factory=factory, catalog=catalog,
         catalog_checksum=checksum, model_id=model_id, images_root=images_root, watermark=watermark,
         reranker=_feature_owner(features) if rerank is not None else None)
-    staging = artifacts.staging_dir(settings.index_dir, version_id)
     staging.mkdir(parents=True, exist_ok=True)
     write_products(staging / PRODUCTS, records, owned)
     artifacts.write_version_files(staging, manifest=manifest, images=images, texts=texts, rerank=rerank,
