@@ -629,21 +629,22 @@ def version_bytes(version_path: Path) -> int:
     return sum(p.stat().st_size for p in version_path.iterdir() if p.is_file())
 
 
-def check_free_space(index_dir: Path, min_free_bytes: int) -> None:
-    """Preflight of a build: room for min_free_bytes plus a new version as large as the active one.
+def check_free_space(index_dir: Path, min_free_bytes: int, *, new_version: bool = True) -> None:
+    """Preflight of a change: room for min_free_bytes plus, for a build, a new version as large as
+    the active one (a live edit writes a few pages, not a version).
 
     Raises InsufficientStorageError (507) before anything is written; min_free_bytes 0 turns it off.
     """
     if min_free_bytes <= 0:
         return
     try:
-        estimate = version_bytes(active_version_path(index_dir))
+        estimate = version_bytes(active_version_path(index_dir)) if new_version else 0
     except (CatalensError, OSError):
         estimate = 0  # no (readable) active version yet: the first build
     free = shutil.disk_usage(index_dir).free
     if free < min_free_bytes + estimate:
         raise InsufficientStorageError(
-            f"not enough free disk space for a build in {index_dir}: {free:,} bytes free, "
+            f"not enough free disk space for a {'build' if new_version else 'change'} in {index_dir}: {free:,} bytes free, "
             f"{min_free_bytes + estimate:,} needed ({estimate:,} for a new version the size of the active one "
             f"+ CATALENS_MIN_FREE_BYTES {min_free_bytes:,}); the active index was not changed")
 

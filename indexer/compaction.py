@@ -53,6 +53,7 @@ def compact(settings: Settings, *, keep: int = 3) -> CompactSummary:
         with compaction_lock(settings.index_dir):
             shutil.rmtree(settings.index_dir / COMPACTING, ignore_errors=True)  # a killed compaction's
             with builder_lock(settings.index_dir):
+                artifacts.check_free_space(settings.index_dir, settings.min_free_bytes)
                 publish.fail_stale_builds(settings, sessions)
                 state = artifacts.read_active_state(settings.index_dir)
                 if state is None:

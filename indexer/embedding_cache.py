@@ -26,7 +26,9 @@ class EmbeddingCache:
         self.dtype = dtype
         self.dir = root / hashlib.sha256(model_id.encode()).hexdigest()[:16]
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "MODEL").write_text(model_id)
+        marker = self.dir / "MODEL"
+        if not marker.is_file() or marker.read_text() != model_id:
+            marker.write_text(model_id)
         self._vectors: dict[str, np.ndarray] = {}
         self._loaded: set[str] = set()
         self.refresh()

@@ -122,9 +122,9 @@ def upsert_rows(ctx: EditContext, rows: list[CatalogRow], *, source: str, images
     settings = ctx.settings
     first = artifacts.read_active(settings.index_dir) is None
     encoder = ctx.model()
-    caches = ctx.caches()
     sessions = ctx.db()
-    with publish.guarded(settings, "upsert"):
+    with publish.guarded(settings, "upsert", new_version=False):
+        caches = ctx.caches()  # after the preflight: a refused change writes nothing
         publish.fail_stale_builds(settings, sessions)
         edit_id = publish.start(sessions, model_id=encoder.model_id, catalog=source, checksum="", kind="edit")
         try:
@@ -257,6 +257,7 @@ def patch_product(ctx: EditContext, product_id: str, fields: dict[str, Any]) -> 
     settings = ctx.settings
     sessions = ctx.db()
     with builder_lock(settings.index_dir):
+        artifacts.check_free_space(settings.index_dir, settings.min_free_bytes, new_version=False)
         publish.fail_stale_builds(settings, sessions)
         with sessions.begin() as session:
             product = session.scalar(select(Product).where(Product.product_id == product_id,
@@ -298,6 +299,7 @@ def delete_products(ctx: EditContext, product_ids: list[str]) -> DeleteSummary:
     """Mark products deleted and log the deletions, in one transaction; gone from queries within a second."""
     settings, sessions = ctx.settings, ctx.db()
     with builder_lock(settings.index_dir):
+        artifacts.check_free_space(settings.index_dir, settings.min_free_bytes, new_version=False)
         publish.fail_stale_builds(settings, sessions)
         with sessions.begin() as session:
             live = list(session.execute(select(Product.id, Product.product_id).where(

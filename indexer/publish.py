@@ -55,14 +55,14 @@ def fail_stale_builds(settings: Settings, sessions: Sessions) -> list[str]:
 
 
 @contextlib.contextmanager
-def guarded(settings: Settings, what: str) -> Iterator[None]:
+def guarded(settings: Settings, what: str, *, new_version: bool = True) -> Iterator[None]:
     """Hold the builder lock around one change to the index (`what`: "build", "delete"), on a disk
     that has room: stale staging cleared, free space checked (507 before any write), a reserve a
     failed change frees to record its failure, and a full disk reported as one 507 line."""
     settings.index_dir.mkdir(parents=True, exist_ok=True)
     with builder_lock(settings.index_dir):
         artifacts.clean_staging(settings.index_dir)
-        artifacts.check_free_space(settings.index_dir, settings.min_free_bytes)
+        artifacts.check_free_space(settings.index_dir, settings.min_free_bytes, new_version=new_version)
         try:
             artifacts.reserve_space(settings.index_dir)
             yield

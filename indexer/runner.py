@@ -104,7 +104,9 @@ def build_index(settings: Settings, options: BuildOptions, *, encoder: ClipEncod
     start = time.monotonic()
     if options.catalog is not None:
         check_catalog_path(options.catalog)
-    with compaction_lock(settings.index_dir), publish.guarded(settings, "build"):
+    # The builder lock first: a second builder is told a build is running, a build during a
+    # compaction that a compaction is (the compaction takes the builder lock only briefly).
+    with publish.guarded(settings, "build"), compaction_lock(settings.index_dir):
         engine, sessions = open_database(settings.db_url)
         try:
             return _build_locked(settings, options, sessions, encoder=encoder, embedder=embedder, start=start)

@@ -33,8 +33,10 @@ class LiveLayer:
     owners: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     positions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     matrix: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
-    # ... and which of the snapshot's sorted vector table stay visible (None: all of them).
+    # ... and what of the snapshot stays visible: its sorted vector table (for filtered searches)
+    # and its product rows (to drop hidden ones from unfiltered results); None: all of it.
     keep: np.ndarray | None = None
+    hidden_rows: np.ndarray | None = None
     by_id: dict[str, int] = field(default_factory=dict)  # product_id -> pk, live and deleted ones
 
     @property
@@ -126,11 +128,11 @@ def build_layer(seq: int, records: dict[int, ProductRecord], deleted: frozenset[
         ids = owners = positions = np.zeros(0, np.int64)
         matrix = np.zeros((0, snap.manifest.dim), np.float32)
     hidden = np.array(sorted(set(records) | deleted), np.int64)
-    keep = None
+    keep = hidden_rows = None
     if len(hidden):
-        sorted_vids, sorted_rows, _ = snap.vector_table
+        _, sorted_rows, _ = snap.vector_table
         rows = snap.products.row_of_pk[hidden[hidden < len(snap.products.row_of_pk)]]
-        hidden_rows = np.zeros(len(snap.products) + 1, bool)
+        hidden_rows = np.zeros(len(snap.products), bool)
         hidden_rows[rows[rows >= 0]] = True
         keep = ~hidden_rows[sorted_rows]
-    return LiveLayer(seq, records, deleted, vectors, ids, owners, positions, matrix, keep, by_id)
+    return LiveLayer(seq, records, deleted, vectors, ids, owners, positions, matrix, keep, hidden_rows, by_id)

@@ -461,7 +461,7 @@ class Searcher:
         """
         snap, live = view.snap, view.live
         allowed: np.ndarray | None = None
-        if filters.active or live.keep is not None:
+        if filters.active:
             t0 = time.perf_counter()
             allowed = self._allowed_vector_ids(view, filters)
             timings["filter"] = time.perf_counter() - t0
@@ -476,42 +476,41 @@ class Searcher:
             else:
                 scores, ids = snap.images.search(query, fetch)
             timings["ann"] = timings.get("ann", 0.0) + time.perf_counter() - t0
-            best = self._best_per_product(snap, scores[0], ids[0], want)
+            # Unfiltered, products the live layer changed are dropped here (a few per fetch); a
+            # selector over every vector would cost each query more than the re-fetch does.
+            best = self._best_per_product(snap, scores[0], ids[0], want, hidden=live.hidden_rows)
             if len(best) >= want or fetch >= limit:
                 break
             fetch = min(limit, fetch * 4)
         return list(best.values())
 
     def _allowed_vector_ids(self, view: View, filters: Filters) -> np.ndarray:
-        """Ids (int64, sorted) of the snapshot's vectors that pass the filters and that the live layer leaves visible.
+        """Ids (int64, sorted) of the snapshot's vectors that pass the filters and the live layer leaves visible.
 
         The filter's mask over the vector table is computed once per filter and version
         (Snapshot.allowed_cache) from the products file's columns.
         """
         snap = view.snap
         vids, rows, _ = snap.vector_table
-        mask: np.ndarray | None = None
-        if filters.active:
-            with snap.allowed_lock:
-                mask = snap.allowed_cache.get(filters)
-            if mask is None:
-                mask = snap.products.mask(filters)[rows]
-                mask.flags.writeable = False  # shared by concurrent queries
-                with snap.allowed_lock:
-                    snap.allowed_cache[filters] = mask
-        keep = view.live.keep
+        with snap.allowed_lock:
+            mask = snap.allowed_cache.get(filters)
         if mask is None:
-            return vids[keep] if keep is not None else vids
+            mask = snap.products.mask(filters)[rows]
+            mask.flags.writeable = False  # shared by concurrent queries
+            with snap.allowed_lock:
+                snap.allowed_cache[filters] = mask
+        keep = view.live.keep
         return vids[mask & keep] if keep is not None else vids[mask]
 
     @staticmethod
-    def _best_per_product(snap: Snapshot, scores: np.ndarray, ids: np.ndarray,
-                          want: int) -> dict[int, tuple[float, int, int, int, int]]:
-        """Each product's best vector, best product first, at most `want`: row -> (score, pk, row, position, vid)."""
+    def _best_per_product(snap: Snapshot, scores: np.ndarray, ids: np.ndarray, want: int, *,
+                          hidden: np.ndarray | None = None) -> dict[int, tuple[float, int, int, int, int]]:
+        """Each product's best vector, best product first, at most `want`, none of the hidden
+        rows: row -> (score, pk, row, position, vid)."""
         rows, positions = snap.owners(ids)
         best: dict[int, tuple[float, int, int, int, int]] = {}
         for score, vid, row, pos in zip(scores.tolist(), ids.tolist(), rows.tolist(), positions.tolist()):
-            if vid < 0 or row < 0 or row in best:  # results arrive best-first
+            if vid < 0 or row < 0 or row in best or (hidden is not None and hidden[row]):  # best-first
                 continue
             best[row] = (score, int(snap.products.pks[row]), row, pos, vid)
             if len(best) >= want:

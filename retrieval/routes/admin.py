@@ -58,14 +58,14 @@ class ProductIn(BaseModel):
     brand: Text | None = None
     price: float | None = Field(default=None, ge=0, allow_inf_nan=False, strict=True)
     currency: Text | None = None
-    availability: Availability | None = Field(default=None, description="default in_stock; catalog spellings such as "
-                                              "'In stock', 'out-of-stock' or true/false are taken too")
+    availability: Availability | bool | None = Field(default=None, description="default in_stock; true = in_stock, "
+                                                     "false = out_of_stock")
 
     _finite_price = field_validator("price")(require_finite)
 
-    @field_validator("availability", mode="before")
+    @field_validator("availability")
     @classmethod
-    def _known_availability(cls, value: Any) -> Any:
+    def _named_availability(cls, value: Any) -> Any:
         return None if value is None else normalize_availability(value)
 
     @field_validator("product_id")
@@ -132,14 +132,14 @@ class PatchIn(BaseModel):
     brand: Text | None = None
     price: float | None = Field(default=None, ge=0, allow_inf_nan=False, strict=True)
     currency: Text | None = None
-    availability: Availability | None = None
+    availability: Availability | bool | None = Field(default=None, description="true = in_stock, false = out_of_stock")
     attributes: dict[str, Any] | None = None
 
     _finite_price = field_validator("price")(require_finite)
 
-    @field_validator("availability", mode="before")
+    @field_validator("availability")
     @classmethod
-    def _known_availability(cls, value: Any) -> Any:
+    def _named_availability(cls, value: Any) -> Any:
         return None if value is None else normalize_availability(value)
 
 

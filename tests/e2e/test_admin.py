@@ -113,12 +113,11 @@ def test_upsert_and_delete_over_http(server: Server, admin_world: tuple[list[dic
     resp = admin(server, "/v1/admin/products", {"products": products})
     assert resp.status_code == 200, resp.text
     body = resp.json()
-    assert body["index_version"] != old and body["upserted"] == 2 and body["errors"] == []
+    # Live: applied over the same version before the response, no republish.
+    assert body["index_version"] == old and body["visible"] and body["upserted"] == 2 and body["errors"] == []
     assert body["images_embedded"] == 1  # only NEW-1's image; the renamed product's come from the cache
     assert body["images_cached"] == len(retitled["image"].split("|"))
     assert body["texts_embedded"] == 2 and body["texts_cached"] == 0
-    # The response reflects the change: the server already serves the new version.
-    assert httpx.get(f"{server.url}/readyz", timeout=10).json()["index_version"] == body["index_version"]
     found = image_search(server, Path(new_image), k=3)
     assert found["index_version"] == body["index_version"] and found["results"][0]["product_id"] == "NEW-1"
     product = httpx.get(f"{server.url}/v1/products/NEW-1", timeout=10).json()
@@ -145,8 +144,9 @@ def test_upsert_and_delete_over_http(server: Server, admin_world: tuple[list[dic
     deleted = admin(server, "/v1/admin/products/delete", {"ids": ["NEW-1", "NEW-1", "no-such-product"]})
     assert deleted.status_code == 200, deleted.text
     assert deleted.json()["deleted"] == 1 and deleted.json()["missing"] == 1
-    assert deleted.json()["index_version"] != before
+    assert deleted.json()["index_version"] == before and deleted.json()["visible"]
     assert httpx.get(f"{server.url}/v1/products/NEW-1", timeout=10).status_code == 404
     assert "NEW-1" not in [r["product_id"] for r in image_search(server, Path(new_image), k=50)["results"]]
     again = admin(server, "/v1/admin/products/delete", {"ids": ["NEW-1"]})
-    assert again.json() == {"index_version": deleted.json()["index_version"], "deleted": 0, "missing": 1}
+    assert again.json() == {"index_version": before, "deleted": 0, "missing": 1, "visible": True,
+                            "seq": deleted.json()["seq"]}  # nothing changed, nothing logged

@@ -272,13 +272,14 @@ def test_upsert_embeds_only_changes_and_delete_hides_a_product_everywhere(
         assert image_search(server, new_image)["results"][0]["product_id"] != changed["product_id"]
         upsert = write_rows(tmp_path / "upsert.csv", [{**changed, "image": str(new_image)},
                                                      {**retitled, "title": "Limited edition " + retitled["title"]}])
+        active = artifacts.read_active(index_dir)
         summary = cli_json("index", "upsert", "--catalog", str(upsert), "--index-dir", str(index_dir), "--quiet")
-        assert summary["indexed"] == 2 and summary["deleted"] == 0
-        assert summary["embedded"] == 1  # the one new image; the retitled product's images come from the cache
-        assert summary["cached"] == len(retitled["image"].split("|"))
+        assert summary["upserted"] == 2 and summary["seq"] > 0
+        assert summary["images_embedded"] == 1  # the one new image; the retitled product's come from the cache
+        assert summary["images_cached"] == len(retitled["image"].split("|"))
         assert summary["texts_embedded"] == 1 and summary["texts_cached"] == 1
-        wait_for_version(server, summary["version_id"])
-        assert image_search(server, new_image)["results"][0]["product_id"] == changed["product_id"]
+        assert artifacts.read_active(index_dir) == active  # live: no new version
+        wait_until(lambda: image_search(server, new_image)["results"][0]["product_id"] == changed["product_id"])
         body = httpx.get(f"{server.url}/v1/products/{changed['product_id']}", timeout=10).json()
         assert [img["url"] for img in body["images"]] and len(body["images"]) == 1
 
@@ -287,19 +288,30 @@ def test_upsert_embeds_only_changes_and_delete_hides_a_product_everywhere(
         assert pid in [r["product_id"] for r in text_search(server, gone["title"], k=5)["results"]]
         deleted = cli_json("index", "delete", "--ids", pid, "--index-dir", str(index_dir))
         assert deleted["deleted"] == 1 and deleted["missing"] == 0
-        # Hidden at once (the DB flag), before the server has loaded the new version ...
+        # Hidden within the server's poll (the live layer) ...
+        wait_until(lambda: pid not in [r["product_id"] for r in text_search(server, gone["title"], k=50)["results"]])
         assert_product_hidden(server, gone, neighbour, facets_before)
-        wait_for_version(server, deleted["version_id"])
-        # ... and still hidden after: the new version has no vectors for it.
+        compacted = cli_json("index", "compact", "--index-dir", str(index_dir))
+        assert compacted["folded"] == 3
+        wait_for_version(server, compacted["version_id"])
+        # ... and still hidden after the compaction: the new version has no vectors for it.
         assert_product_hidden(server, gone, neighbour, facets_before)
     finally:
         stop_server(server)
     contents = load_index_contents(index_dir)
     assert contents["texts"][0].size == len(rows) - 1
-    # The version a delete publishes keeps the reranker features of every remaining image.
+    # The version a compaction publishes keeps the reranker features of every remaining image.
     version = artifacts.active_version_path(index_dir)
     stored = artifacts.load_rerank_features(version, artifacts.read_manifest(version))
     assert stored is not None and len(stored.ids) == contents["images"][0].size
+
+
+def wait_until(check: Any, timeout: float = 2.0) -> None:
+    """A live change reaches the server's queries within its poll interval (2 s here at most)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "a live change took over 2 s to reach the server"
+        time.sleep(0.05)
 
 
 def assert_product_hidden(server: Server, gone: dict[str, str], neighbour: dict[str, str], facets_before: dict) -> None:

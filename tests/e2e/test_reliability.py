@@ -432,7 +432,10 @@ class KillRunner:
         return KillObservation(
             mode=mode, delay=delay, killed=status["signal"] == signal.SIGKILL, integrity=integrity,
             foreign_key_errors=len(fk), products=sql(db, "SELECT count(*) FROM products WHERE deleted = 0")[0][0],
-            images=dict(sql(db, "SELECT status, count(*) FROM product_images GROUP BY status")),
+            # Images of live products: a killed build's sync is put back by the next build (its
+            # products deleted again), their image rows and what they recorded kept for a rerun.
+            images=dict(sql(db, "SELECT i.status, count(*) FROM product_images i JOIN products p ON p.id = i.product_pk "
+                                "WHERE p.deleted = 0 GROUP BY i.status")),
             versions=dict(sql(db, "SELECT status, count(*) FROM index_versions GROUP BY status")),
             active=active, active_catalog=active_catalog, active_error=active_error,
             staging_left=staging.is_dir() and any(p.is_dir() for p in staging.iterdir()),
@@ -566,14 +569,16 @@ def damage_file(path: Path, how: str) -> None:
 
 @pytest.fixture()
 def two_versions(sample_index: SampleIndex, tmp_path: Path) -> tuple[Path, str, str, str]:
-    """A copy of the sample index with a second real version (one product deleted, republished)."""
-    from indexer.maintenance import delete_products
+    """A copy of the sample index with a second real version (one product deleted live, then compacted)."""
+    from indexer.live import EditContext, compact, delete_products
 
     index_dir = copy_index(sample_index.index_dir, tmp_path / "idx")
     v1 = str(artifacts.read_active(index_dir))
     gone = sample_index.rows()[0]["product_id"]
-    v2 = delete_products(Settings(index_dir=index_dir, threads=1), [gone])["version_id"]
-    assert v2 != v1
+    ctx = EditContext(Settings(index_dir=index_dir, threads=1))
+    assert delete_products(ctx, [gone]).deleted == 1
+    v2 = compact(ctx).version_id
+    assert v2 != v1 and artifacts.read_active(index_dir) == v2
     return index_dir, v1, v2, gone
 
 
@@ -590,13 +595,13 @@ def test_row02_a_corrupt_or_truncated_index_file_is_never_served(two_versions: t
         search = client.post("/v1/search/text", json={"query": "red mug", "k": 5})
         assert search.status_code == 503, search.text
         # Roll back to the previous version: served at once.
-        artifacts.set_active(index_dir, v1)
+        artifacts.set_active(index_dir, v1, since_seq=0)
         reload = client.post("/v1/admin/reload", headers=key)
         assert reload.status_code == 200 and reload.json()["index_version"] == v1, reload.text
         body = client.post("/v1/search/text", json={"query": "red mug", "k": 5}).json()
         assert body["index_version"] == v1 and len(body["results"]) == 5
         # The damaged version published again: refused with a 503, the good one keeps serving.
-        artifacts.set_active(index_dir, v2)
+        artifacts.set_active(index_dir, v2, since_seq=1)
         refused = client.post("/v1/admin/reload", headers=key)
         assert refused.status_code == 503 and error_of(refused) == "index_artifact_error", refused.text
         assert "corrupt" in refused.json()["error"]["message"]
@@ -609,21 +614,21 @@ def test_row02_a_corrupt_or_truncated_index_file_is_never_served(two_versions: t
 
 def test_row03_products_deleted_after_a_build_never_come_back_and_k_results_still_do(
         sample_index: SampleIndex, tmp_path: Path, encoder: Any) -> None:
+    from indexer.live import EditContext, delete_products
+
     index_dir = copy_index(sample_index.index_dir, tmp_path / "idx")
     db = index_dir / "catalens.db"
     rows = sample_index.rows()
     searcher = make_searcher(index_dir, encoder)
     searcher.reload()  # loaded first: the deletes below happen after both the build and the load
-    soft = [r["product_id"] for r in rows[::3]]  # a third of the catalog, flagged as a delete does
-    hard = [r["product_id"] for r in rows[1:16:3]]  # rows gone outright (their images cascade)
-    conn = sqlite3.connect(db)
-    with conn:
-        conn.execute("PRAGMA foreign_keys = ON")
-        conn.executemany("UPDATE products SET deleted = 1 WHERE product_id = ?", [(p,) for p in soft])
-        conn.executemany("DELETE FROM products WHERE product_id = ?", [(p,) for p in hard])
-    conn.close()
+    # A third of the catalog deleted live (the only way products leave without a new build);
+    # the server's poll applies the change log.
+    gone = [r["product_id"] for r in rows[::3]] + [r["product_id"] for r in rows[1:16:3]]
+    deleted = delete_products(EditContext(Settings(index_dir=index_dir, threads=1)), gone)
+    assert deleted.deleted == len(set(gone))
+    searcher.refresh_live()
     live = {p for (p,) in sql(db, "SELECT product_id FROM products WHERE deleted = 0")}
-    assert len(live) == len(rows) - len(soft) - len(hard)
+    assert len(live) == len(rows) - len(set(gone))
     dead = [r for r in rows if r["product_id"] not in live]
     k = 10
     with app_client(searcher) as client:
@@ -684,7 +689,7 @@ def test_row04_threads_querying_through_repeated_swaps_see_zero_errors(
         time.sleep(0.5)
         for n in range(12):  # alternate the active pointer, each time loaded while queries run
             target = v1 if n % 2 == 0 else v2
-            artifacts.set_active(index_dir, target)
+            artifacts.set_active(index_dir, target, since_seq=0 if target == v1 else 1)
             resp = httpx.post(f"{server.url}/v1/admin/reload", headers={"X-API-Key": API_KEY}, timeout=60)
             swaps.append((resp.status_code, resp.json().get("index_version")))
             time.sleep(0.25)
@@ -697,7 +702,9 @@ def test_row04_threads_querying_through_repeated_swaps_see_zero_errors(
     failed = [r for r in records if r[0] != 200]
     assert not failed and len(records) >= 50, (failed[:5], len(records))
     assert {v for _, v, _ in records} == {v1, v2}  # every response names its version, and both served
-    assert all(len(ids) == 5 and gone not in ids for _, _, ids in records)
+    # Each version answers exactly what it holds: the product is in v1 and was deleted in v2.
+    assert all(len(ids) == 5 for _, _, ids in records)
+    assert all(gone not in ids for _, version, ids in records if version == v2)
 
 
 # --- row 5 is test_row05_* in tests/test_lifecycle.py -------------------------------------------
@@ -938,10 +945,10 @@ def fill_disk(path: Path, leave: int) -> Path:
 
 
 def tree_state(index_dir: Path) -> dict[str, tuple[int, int]]:
-    """(size, mtime) of every file; not the builder's lock file, nor SQLite's shared-memory file and
+    """(size, mtime) of every file; not the lock files, nor SQLite's shared-memory file and
     empty write-ahead log, which any reader creates."""
     return {str(p.relative_to(index_dir)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in sorted(index_dir.rglob("*")) if p.is_file() and p.name != ".build.lock"
+            for p in sorted(index_dir.rglob("*")) if p.is_file() and p.name not in (".build.lock", ".compact.lock")
             and not p.name.endswith("-shm") and not (p.name.endswith("-wal") and p.stat().st_size == 0)}
 
 
@@ -994,8 +1001,9 @@ def test_row08_a_disk_that_fills_during_a_build_gives_507_and_leaves_the_live_in
     summary = in_process_build(index_dir, catalog_b, encoder, reranker, sample_dir, min_free_bytes=0)
     assert artifacts.read_active(index_dir) == summary.version_id != live and summary.indexed == 45
 
-    # The API: an upsert that runs out of disk answers 507 with the typed error.
-    filler = fill_disk(small_disk, artifacts.RESERVE_BYTES + size // 2)
+    # The API: an upsert that runs out of disk answers 507 with the typed error. (A live upsert
+    # writes a few pages, not a version: with room for half a version it goes through.)
+    filler = fill_disk(small_disk, artifacts.RESERVE_BYTES + 4 * 1024)
     try:
         with app_client(make_searcher(index_dir, encoder, api_key=API_KEY, min_free_bytes=0,
                                        image_roots=[sample_dir])) as client:

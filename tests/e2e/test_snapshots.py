@@ -50,8 +50,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, encoder: Any) -> tuple[list[
     out = tmp_path_factory.mktemp("snapshot-world")
     write_sample_catalog(out, n=60, seed=43, n_queries=5, progress=False)
     rows = absolute_images(read_rows(out / "catalog.csv"), out)
-    for i, row in enumerate(rows):
-        row["availability"] = "out_of_stock" if i % 5 == 0 else "in stock"
+    for i, row in enumerate(rows):  # the catalog file takes the spellings shops write
+        row["availability"] = "out_of_stock" if i % 5 == 0 else "In stock"
     index_dir = out / "idx"
     build_in_process(index_dir, write_rows(out / "first.csv", rows[:50]), encoder)
     return rows, index_dir
@@ -85,6 +85,16 @@ def answers(index_dir: Path, encoder: Any, k: int = 12, **filters: Any) -> dict[
 def everything(index_dir: Path, encoder: Any) -> set[tuple]:
     """Every product queries can return, with its fields (k over the catalog's size)."""
     return {hit for hits in answers(index_dir, encoder, k=500).values() for hit in hits}
+
+
+def api_record(row: dict[str, str], **changes: Any) -> dict[str, Any]:
+    """A catalog row as the admin API takes it: typed values, images as a list."""
+    from catalens.records import normalize_availability
+
+    record: dict[str, Any] = {k: v for k, v in row.items() if v}
+    record.update(image=row["image"].split("|"), price=float(row["price"]),
+                  availability=normalize_availability(row["availability"]))
+    return {**record, **changes}
 
 
 def changed_rows(rows: list[dict[str, str]], *, tag: str) -> list[dict[str, str]]:
@@ -212,8 +222,7 @@ def test_live_edits_cost_what_they_change(server: Server, index: Path, world: tu
     active = artifacts.read_active(index)
     main_index = artifacts.versions_dir(index) / str(active) / "images.faiss"
     stamp = main_index.stat().st_mtime_ns
-    resp = admin(server, "POST", "/v1/admin/products", {"products": [
-        {**{k: v for k, v in rows[56].items() if v}, "price": 4321.0, "image": rows[56]["image"].split("|")}]})
+    resp = admin(server, "POST", "/v1/admin/products", {"products": [api_record(rows[56], price=4321.0)]})
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["visible"] and body["upserted"] == 1 and body["index_version"] == active
@@ -262,8 +271,7 @@ def test_patch_bad_input_is_refused_whole(server: Server, world: tuple[list[dict
 def test_a_large_batch_is_a_job_and_compaction_folds_the_live_layer(
         server: Server, index: Path, world: tuple[list[dict[str, str]], Path], encoder: Any) -> None:
     rows = world[0]
-    batch = [{**{k: v for k, v in r.items() if v}, "image": r["image"].split("|"), "price": float(r["price"])}
-             for r in rows[50:58]]
+    batch = [api_record(r) for r in rows[50:58]]
     resp = admin(server, "POST", "/v1/admin/products", {"products": batch})
     assert resp.status_code == 202, resp.text
     job = resp.json()
@@ -366,8 +374,7 @@ def test_100_live_updates_while_clients_query(server: Server, world: tuple[list[
         for i in range(100):
             kind = rng.choices(["patch", "delete", "upsert"], weights=[70, 15, 15])[0]
             if kind == "upsert" and (row := next(fresh, None)) is not None:
-                record = {**{k: v for k, v in row.items() if v}, "image": row["image"].split("|"),
-                          "price": float(1000 + i)}
+                record = api_record(row, price=float(1000 + i))
                 resp = admin(server, "POST", "/v1/admin/products", {"products": [record]})
                 fields: dict[str, Any] | None = {"price": record["price"], "title": row["title"]}
                 pid = row["product_id"]
