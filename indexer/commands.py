@@ -129,12 +129,25 @@ def cmd_index_compact(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_index_versions(args: argparse.Namespace, settings: Settings) -> int:
     from catalens import artifacts
 
-    active = artifacts.read_active(settings.index_dir)
+    state = artifacts.read_active_state(settings.index_dir)
+    active = state.version_id if state else None
     rows = [{"version_id": m.version_id, "active": m.version_id == active, "count": m.count,
-             "model": m.model_id, "factory": m.factory, "created_at": m.created_at}
+             "model": m.model_id, "factory": m.factory, "watermark": m.watermark, "created_at": m.created_at}
             for m in artifacts.list_versions(settings.index_dir)]
     lines = [f"{'*' if r['active'] else ' '} {r['version_id']}  {r['count']:>8} vectors  {r['factory']:<10} "
              f"{r['model']}  {r['created_at']}" for r in rows]
+    if state is not None:
+        from catalens.db import open_database
+        from indexer.live import pending_changes
+
+        engine, sessions = open_database(settings.db_url)
+        try:
+            pending = pending_changes(settings, sessions)
+        finally:
+            engine.dispose()
+        for r in rows:
+            r["live_changes"] = pending if r["active"] else None
+        lines.append(f"{pending} live changes over the active version (`catalens index compact` folds them in)")
     emit(args, rows, "\n".join(lines) or f"no index versions in {settings.index_dir}")
     return 0
 
