@@ -120,3 +120,41 @@ def test_a_header_naming_a_column_twice_is_refused(tmp_path: Path) -> None:
     path.write_text("product_id,title,title\np1,a,b\n")
     with pytest.raises(CatalogError, match="more than once.*title"):
         list(read_catalog(path))
+
+
+@pytest.mark.parametrize("value,expected", [("in_stock", "in_stock"), ("In stock", "in_stock"),
+                                            ("out-of-stock", "out_of_stock"), ("https://schema.org/PreOrder", "preorder"),
+                                            ("false", "out_of_stock"), (True, "in_stock"), ("", None)])
+def test_availability_is_read_in_the_spellings_shops_write(value: object, expected: str | None) -> None:
+    from indexer.catalog import parse_record
+
+    row = parse_record({"product_id": "p1", "title": "Mug", "availability": value}, row=1, source="c.csv")
+    assert isinstance(row, CatalogRow) and row.availability == expected and "availability" not in row.attributes
+
+
+def test_an_unknown_availability_is_a_row_error_naming_the_field() -> None:
+    from indexer.catalog import parse_record
+
+    error = parse_record({"product_id": "p1", "title": "Mug", "availability": "sometimes"}, row=4, source="c.csv")
+    assert isinstance(error, RowError) and error.field == "availability" and error.row == 4
+    assert "in_stock" in error.message
+
+
+@pytest.mark.parametrize("fields,named", [({}, "at least one field"), ({"colour": "red"}, "'colour'"),
+                                          ({"image": "a.jpg"}, "'image'"), ({"title": " "}, "'title'"),
+                                          ({"price": -1}, "'price'"), ({"price": float("nan")}, "'price'"),
+                                          ({"price": True}, "'price'"), ({"availability": "maybe"}, "'availability'"),
+                                          ({"attributes": [1]}, "'attributes'"), ({"category": 3}, "'category'")])
+def test_a_bad_patch_is_refused_naming_its_field(fields: dict, named: str) -> None:
+    from catalens.errors import InvalidInputError
+    from indexer.live import check_patch
+
+    with pytest.raises(InvalidInputError, match=named):
+        check_patch(fields)
+
+
+def test_a_patch_is_normalised() -> None:
+    from indexer.live import check_patch
+
+    assert check_patch({"price": 3, "availability": "Out of stock", "brand": " ", "description": None}) == {
+        "price": 3.0, "availability": "out_of_stock", "brand": None, "description": ""}
