@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Security
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from catalens.editing import CatalogEditor
 from catalens.errors import ForbiddenError, UnauthorizedError
@@ -58,7 +58,7 @@ class ProductIn(BaseModel):
     brand: Text | None = None
     price: float | None = Field(default=None, ge=0, allow_inf_nan=False, strict=True)
     currency: Text | None = None
-    availability: Availability | bool | None = Field(default=None, description="default in_stock; true = in_stock, "
+    availability: Availability | StrictBool | None = Field(default=None, description="default in_stock; true = in_stock, "
                                                      "false = out_of_stock")
 
     _finite_price = field_validator("price")(require_finite)
@@ -132,7 +132,7 @@ class PatchIn(BaseModel):
     brand: Text | None = None
     price: float | None = Field(default=None, ge=0, allow_inf_nan=False, strict=True)
     currency: Text | None = None
-    availability: Availability | bool | None = Field(default=None, description="true = in_stock, false = out_of_stock")
+    availability: Availability | StrictBool | None = Field(default=None, description="true = in_stock, false = out_of_stock")
     attributes: dict[str, Any] | None = None
 
     _finite_price = field_validator("price")(require_finite)
