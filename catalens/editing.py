@@ -88,3 +88,7 @@ class CatalogEditor(Protocol):
     def compact_due(self) -> bool:
         """Whether enough live changes are pending for an automatic compaction."""
         ...
+
+    def prepare(self) -> None:
+        """Open what edits need (database, embedding caches) ahead of the first one."""
+        ...

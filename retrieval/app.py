@@ -83,6 +83,13 @@ def follow_changes(searcher: Searcher, index_dir: Path) -> None:
         LOG.warning("index not (re)loaded: %s", exc.message)
 
 
+def prepare_editor(editor: CatalogEditor) -> None:
+    try:
+        editor.prepare()
+    except Exception as exc:  # the first edit meets it again and reports it
+        LOG.warning("catalog editor not prepared ahead of the first edit: %s", exc)
+
+
 async def watch_index(searcher: Searcher, index_dir: Path, interval_s: float) -> None:
     """Pick up a newly published version and live changes (written by any process) without a
     restart, off the request path: visible to queries within interval_s plus the load."""
@@ -111,14 +118,18 @@ def create_app(settings: Settings | None = None, *, searcher: Searcher | None = 
         await asyncio.to_thread(try_reload, searcher)
         watcher = asyncio.create_task(watch_index(searcher, settings.index_dir, settings.live_poll_s))
         jobs = None
+        warm: asyncio.Task[None] | None = None
         if editor is not None:
             jobs = JobRunner(searcher.sessions, editor, after=lambda: follow_changes(searcher, settings.index_dir))
             jobs.start()
+            warm = asyncio.create_task(asyncio.to_thread(prepare_editor, editor))
         app.state.jobs = jobs
         try:
             yield
         finally:
             watcher.cancel()
+            if warm is not None:
+                await warm
             if jobs is not None:
                 await asyncio.to_thread(jobs.stop)
             searcher.observe = previous_observe

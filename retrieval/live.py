@@ -73,27 +73,33 @@ class LiveLayer:
         """(pk, score, image position or -1, vector id) of the best `want` live products passing the filters."""
         if not len(self.ids):
             return []
-        scores = self.matrix @ query
-        head = min(len(scores), 8 * want + 32)  # most queries end in the head: no full sort of the layer
-        order = np.argpartition(-scores, head - 1)[:head] if head < len(scores) else np.arange(len(scores))
-        order = order[np.argsort(-scores[order], kind="stable")]
-        out = self._best(order, scores, filters, want)
-        if len(out) < want and head < len(scores):
-            out = self._best(np.argsort(-scores, kind="stable"), scores, filters, want)
-        return out
+        # faiss, not numpy: a BLAS matrix-vector product takes its threads and, on a busy 2-core
+        # machine, spins for milliseconds (13 ms a query at 10,000 changes, bench update).
+        import faiss
+
+        head = min(len(self.ids), 8 * want + 32)  # most queries end in the head
+        while True:
+            scores, at = faiss.knn(query[None, :], self.matrix, head, metric=faiss.METRIC_INNER_PRODUCT)
+            out = self._best(at[0], scores[0], filters, want)
+            if len(out) >= want or head >= len(self.ids):
+                return out
+            head = min(len(self.ids), head * 8)
 
     def _best(self, order: np.ndarray, scores: np.ndarray, filters: Filters,
               want: int) -> list[tuple[int, float, int, int]]:
+        """The first `want` distinct passing products of vectors in `order` (scores in that order)."""
         out: list[tuple[int, float, int, int]] = []
         seen: set[int] = set()
-        for i in order.tolist():
+        for slot, i in enumerate(order.tolist()):
+            if i < 0:
+                continue
             pk = int(self.owners[i])
             if pk in seen:
                 continue
             seen.add(pk)
             if filters.active and not filters.matches(self.records[pk]):
                 continue
-            out.append((pk, float(scores[i]), int(self.positions[i]), int(self.ids[i])))
+            out.append((pk, float(scores[slot]), int(self.positions[i]), int(self.ids[i])))
             if len(out) >= want:
                 break
         return out
