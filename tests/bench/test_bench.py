@@ -131,3 +131,13 @@ def test_bench_rerank_bundled(bench_dirs: tuple[Path, Path]) -> None:
     assert data["reranker"].startswith("itm:catalens-itm") and data["top_n"] == 8
     assert 0 < data["score_p50_ms"] <= data["score_p95_ms"]
     assert data["feature_bytes_per_image"] == 2 * data["feature_shape"][0] * data["feature_shape"][1]
+
+
+def test_bench_update_tiny(bench_dirs: tuple[Path, Path]) -> None:
+    """The issue's JSON shape, on a real server: every kind of change timed until a search shows it."""
+    data = _bench("update", "--n", "24", "--samples", "2", "--live-sizes", "0,8", "--queries", "5",
+                  "--render-workers", "1", dirs=bench_dirs)
+    for kind in ("upsert", "patch", "delete"):
+        assert data[kind]["samples"] == 2 and 0 < data[kind]["p50_ms"] <= data[kind]["p99_ms"] < 60_000, kind
+    assert set(data["search_live"]) == {"0", "8"}
+    assert all(0 < s["p50_ms"] <= s["p99_ms"] for s in data["search_live"].values())
