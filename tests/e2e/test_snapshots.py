@@ -411,3 +411,29 @@ def test_100_live_updates_while_clients_query(server: Server, world: tuple[list[
                 f"{r['product_id']}: served {(r['price'], r['title'])}, newest before the query: {newest}"
             checked += 1
     assert checked > 50
+
+
+def test_a_job_cut_off_by_a_restart_runs_again(index: Path, world: tuple[list[dict[str, str]], Path],
+                                              tmp_path: Path) -> None:
+    """A batch accepted with 202 is not lost when the server dies mid-job: the next start runs it."""
+    from catalens.db import open_database
+    from catalens.schema import AdminJob
+
+    rows = world[0]
+    ids = [r["product_id"] for r in rows[:3]]
+    engine, sessions = open_database(f"sqlite:///{index / 'catalens.db'}")
+    with sessions.begin() as session:  # what a killed server leaves: a job marked running, half done
+        session.add(AdminJob(job_id="cut-off", kind="delete", status="running", total=3, done=1, payload=ids,
+                             errors=[]))
+    engine.dispose()
+    srv = start_server(index, env={"CATALENS_API_KEY": KEY}, log=tmp_path / "serve.log")
+    try:
+        deadline = time.monotonic() + 60
+        while (job := admin(srv, "GET", "/v1/admin/jobs/cut-off").json())["status"] != "done":
+            assert job["status"] in ("queued", "running") and time.monotonic() < deadline, job
+            time.sleep(0.1)
+        assert job["done"] == 3 and job["result"]["deleted"] == 3, job
+        for pid in ids:
+            assert httpx.get(f"{srv.url}/v1/products/{pid}", timeout=10).status_code == 404
+    finally:
+        stop_server(srv)
