@@ -13,12 +13,16 @@ DEFAULT_MODEL = "catalens-demo"
 
 def set_threads(threads: int) -> None:
     """Torch and FAISS threads, set explicitly (never left to the libraries' defaults, which
-    oversubscribe a small machine: FAISS's default made a batch reconstruct 100x slower here)."""
-    import faiss
-    import torch
+    oversubscribe a small machine: FAISS's default made a batch reconstruct 100x slower here).
+    Torch only if something imported it: a query served by ONNX Runtime never does."""
+    import sys
 
-    torch.set_num_threads(threads)
+    import faiss
+
     faiss.omp_set_num_threads(threads)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
 
 
 class Settings(BaseSettings):
@@ -31,6 +35,11 @@ class Settings(BaseSettings):
     model: str = DEFAULT_MODEL
     pretrained: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    runtime: Literal["auto", "torch", "onnx"] = Field(
+        default="auto", description="query-time CLIP runtime: onnx (ONNX Runtime, no torch import), torch, or auto "
+        "(whichever the export's measurement found faster on this machine)")
+    onnx_dir: Path | None = Field(default=None, description="exported ONNX towers, per model "
+                                  "(default: $XDG_CACHE_HOME/catalens/onnx)")
     threads: int = Field(default=0, ge=0, description="torch/FAISS threads; 0 = all cores / workers")
     batch_size: int = Field(default=64, ge=1, le=4096)
     decode_workers: int = Field(default=2, ge=1, le=64)
@@ -88,6 +97,14 @@ class Settings(BaseSettings):
         import os
 
         return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "catalens" / "bench"
+
+    def onnx_cache(self) -> Path:
+        """Where exported ONNX towers are kept, one folder per model."""
+        if self.onnx_dir is not None:
+            return self.onnx_dir.expanduser()
+        import os
+
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "catalens" / "onnx"
 
     def torch_threads(self, workers: int = 1) -> int:
         """Threads per worker so that workers x threads never exceeds the cores."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -101,6 +101,17 @@ def load_clip(spec: ModelSpec, *, device: str = "auto", allow_random: bool = Fal
     model_id = f"{spec.model_id}@{weights_digest(Path(weights))}" if weights else spec.model_id
     return ClipEncoder(spec=spec, model=model, tokenizer=tokenizer, preprocess=preprocess,
                        device=device, dim=dim, model_id=model_id)
+
+
+class QueryEncoder(Protocol):
+    """What the query path needs of a CLIP: ClipEncoder (torch) or onnx_encoder.OnnxClipEncoder."""
+
+    model_id: str
+    dim: int
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray: ...
+
+    def encode_images(self, images: list) -> np.ndarray: ...
 
 
 def weights_digest(path: Path) -> str:

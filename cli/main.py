@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Any
 
 from catalens.commandline import Subcommands, add_common_flags, emit, settings_from
 from catalens.config import Settings
@@ -29,6 +30,13 @@ def cmd_db_downgrade(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def torch_clip(searcher: Any) -> Any:
+    """The torch CLIP edits embed with, if the query path loaded one (else the editor loads it)."""
+    from catalens.encoder import ClipEncoder
+
+    return searcher.encoder if isinstance(searcher.encoder, ClipEncoder) else None
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
@@ -39,7 +47,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     # Open the database and load the models before uvicorn starts, so a malformed database or a
     # missing model is one line and exit code 2 here, not a traceback from the server's startup.
     searcher = create_searcher(settings)
-    uvicorn.run(create_app(settings, searcher=searcher, editor=IndexEditor(settings, searcher.encoder, searcher.reranker)), host=args.host,
+    uvicorn.run(create_app(settings, searcher=searcher, editor=IndexEditor(settings, torch_clip(searcher), searcher.reranker)), host=args.host,
                 port=args.port, log_level="info", http=server_http_protocol())
     return 0
 

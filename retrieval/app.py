@@ -55,16 +55,20 @@ def body_limits(settings: Settings) -> tuple[list[BodyLimit], BodyLimit]:
     return [upload, admin], default
 
 
-def create_searcher(settings: Settings) -> Searcher:
-    """Load the model and open the database once per process (never per request)."""
+def create_searcher(settings: Settings, *, rerank: bool = True) -> Searcher:
+    """Load the models and open the database once per process (never per request); the reranker
+    (torch) only if asked for, so a query on ONNX Runtime starts without importing torch."""
     from catalens.db import open_database
-    from catalens.encoder import ModelSpec, load_clip
+    from catalens.encoder import ClipEncoder
+    from catalens.onnx_encoder import load_query_encoder
     from catalens.reranker import load_reranker
 
     _, sessions = open_database(settings.db_url)
-    encoder = load_clip(ModelSpec(settings.model, settings.pretrained), device=settings.device)
+    encoder = load_query_encoder(settings)
+    torch_clip = encoder if isinstance(encoder, ClipEncoder) else None
+    reranker = load_reranker(settings.reranker, clip=torch_clip,
+                             device=torch_clip.device if torch_clip else "cpu") if rerank else None
     set_threads(settings.torch_threads())
-    reranker = load_reranker(settings.reranker, clip=encoder, device=encoder.device)
     return Searcher(settings, sessions, encoder, reranker=reranker)
 
 

@@ -13,10 +13,10 @@ from catalens.records import AVAILABILITY
 from retrieval.searcher import Searcher, SearchOutcome
 
 
-def _loaded_searcher(settings: Settings) -> Searcher:
+def _loaded_searcher(settings: Settings, *, rerank: bool = True) -> Searcher:
     from retrieval.app import create_searcher
 
-    searcher = create_searcher(settings)
+    searcher = create_searcher(settings, rerank=rerank)
     searcher.reload()
     return searcher
 
@@ -46,7 +46,7 @@ def cmd_search_text(args: argparse.Namespace, settings: Settings) -> int:
         query = TextSearchIn(query=args.query, k=args.k).query
     except ValidationError as exc:
         raise InvalidInputError(f"invalid query: {exc.errors()[0]['msg']}") from exc
-    _print_results(args, _loaded_searcher(settings).search_text(query, args.k, _filters(args),
+    _print_results(args, _loaded_searcher(settings, rerank=args.rerank).search_text(query, args.k, _filters(args),
                                                                 rerank=args.rerank, rerank_top_n=args.rerank_top_n))
     return 0
 
@@ -56,7 +56,8 @@ def cmd_search_image(args: argparse.Namespace, settings: Settings) -> int:
 
     data = read_local_file(args.path, max_bytes=settings.max_upload_bytes)
     image = decode_image(data, max_pixels=settings.max_image_pixels, max_aspect=settings.max_aspect_ratio)
-    _print_results(args, _loaded_searcher(settings).search_image(image, args.k, _filters(args), rerank=args.rerank,
+    _print_results(args, _loaded_searcher(settings, rerank=args.rerank).search_image(image, args.k, _filters(args),
+                                                                                     rerank=args.rerank,
                                                                  rerank_top_n=args.rerank_top_n))
     return 0
 

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from catalens import artifacts, changes
 from catalens.changes import LiveVectors
 from catalens.config import Settings
-from catalens.encoder import ClipEncoder
+from catalens.encoder import QueryEncoder
 from catalens.errors import CatalensError, IndexArtifactError, IndexNotReadyError, InvalidInputError, NotFoundError
 from catalens.filters import Filters
 from catalens.product_table import PRODUCTS, ProductTable
@@ -136,7 +136,7 @@ class View:
         return self.snap.version_id
 
 
-def load_snapshot(settings: Settings, encoder: ClipEncoder, reranker_id: str | None = None) -> tuple[Snapshot, int]:
+def load_snapshot(settings: Settings, encoder: QueryEncoder, reranker_id: str | None = None) -> tuple[Snapshot, int]:
     """Load and verify the active version, and the change seq its live layer starts after;
     refuse one built with another model."""
     state = artifacts.read_active_state(settings.index_dir)
@@ -165,7 +165,7 @@ def load_snapshot(settings: Settings, encoder: ClipEncoder, reranker_id: str | N
 class Searcher:
     """Answers text, image and similar-product queries against the current view."""
 
-    def __init__(self, settings: Settings, sessions: sessionmaker[Session], encoder: ClipEncoder,
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session], encoder: QueryEncoder,
                  *, observe: Callable[[str, float], None] | None = None, reranker: Reranker | None = None) -> None:
         self.settings = settings
         self.sessions = sessions  # the change log only; never read per request
@@ -499,8 +499,17 @@ class Searcher:
             mask.flags.writeable = False  # shared by concurrent queries
             with snap.allowed_lock:
                 snap.allowed_cache[filters] = mask
-        keep = view.live.keep
-        return vids[mask & keep] if keep is not None else vids[mask]
+        live = view.live
+        if live.keep is None:
+            return vids[mask]
+        with live.allowed_lock:
+            allowed = live.allowed_cache.get(filters)
+        if allowed is None:
+            allowed = vids[mask & live.keep]
+            allowed.flags.writeable = False
+            with live.allowed_lock:
+                live.allowed_cache[filters] = allowed
+        return allowed
 
     @staticmethod
     def _best_per_product(snap: Snapshot, scores: np.ndarray, ids: np.ndarray, want: int, *,
