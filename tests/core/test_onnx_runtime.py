@@ -1,0 +1,124 @@
+"""The query-time CLIP on ONNX Runtime: same tokens, same vectors as torch, and no torch import."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+TEXTS = [
+    "", "red mug", "Red MUG", "a teal t-shirt with white stripes", "blue cushion, dotted; 40x40 cm!",
+    "café crème & l'été", "北京 红色 杯子", "emoji 🙂 mug", "&amp; html &lt;escaped&gt;", "   spaces   everywhere   ",
+    "don't won't it's they're we've I'm you'll he'd", "SKU LM-2048/XL", "1234567890",
+    " ".join(["long"] * 100), "a" * 300, "zero\u200bwidth", "ümlaut Straße", "tab\tand\nnewline",
+]
+
+
+def _texts(n: int) -> list[str]:
+    rng = np.random.default_rng(3)
+    words = ["red", "blue", "striped", "mug", "vase", "lamp", "dotted", "wool", "shirt", "with", "and", "green"]
+    extra = [" ".join(rng.choice(words, size=int(rng.integers(1, 12)))) for _ in range(n)]
+    return (TEXTS + extra)[:n]
+
+
+def _images(n: int) -> list[Image.Image]:
+    rng = np.random.default_rng(4)
+    sizes = [(64, 64), (300, 200), (120, 480), (97, 53), (640, 640)]
+    out = []
+    for i in range(n):
+        w, h = sizes[i % len(sizes)]
+        mode = ("RGB", "L", "RGBA", "P")[i % 4]
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).convert(mode)
+        out.append(img)
+    return out
+
+
+@pytest.mark.parametrize("context_length", [24, 77])
+def test_the_tokenizer_gives_open_clips_tokens(context_length: int) -> None:
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from catalens.clip_tokenizer import ClipTokenizer
+
+    ours, theirs = ClipTokenizer(context_length), SimpleTokenizer(context_length=context_length)
+    texts = _texts(120)
+    np.testing.assert_array_equal(ours(texts, pad_to_context=True), theirs(texts).numpy())
+    cut = ours(["red mug", "a teal t-shirt with white stripes"])
+    assert cut.shape[1] == max(len(ours.encode(t)) for t in ["red mug", "a teal t-shirt with white stripes"]) + 2
+
+
+@pytest.fixture(scope="module")
+def exported(encoder: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    from catalens.onnx_encoder import export
+
+    folder = tmp_path_factory.mktemp("onnx") / "catalens-demo"
+    return folder, export(encoder, folder)
+
+
+@pytest.mark.slow
+def test_onnx_vectors_equal_torch_on_50_texts_and_50_images(exported: tuple[Path, Any], encoder: Any) -> None:
+    from catalens.onnx_encoder import OnnxClipEncoder
+
+    folder, meta = exported
+    onnx = OnnxClipEncoder(folder, meta, spec=encoder.spec)
+    assert (onnx.model_id, onnx.dim) == (encoder.model_id, encoder.dim)
+    texts, images = _texts(50), _images(50)
+    for got, want in ((onnx.encode_texts(texts), encoder.encode_texts(texts)),
+                      (onnx.encode_images(images), encoder.encode_images(images)),
+                      (np.concatenate([onnx.encode_texts([t]) for t in texts[:10]]), encoder.encode_texts(texts[:10]))):
+        cosine = (got * want).sum(axis=1)
+        assert cosine.min() >= 0.9999, cosine.min()
+    assert set(meta.speed_ms) == {"torch_text", "onnx_text", "torch_image", "onnx_image"}
+
+
+@pytest.mark.slow
+def test_a_query_on_onnx_runtime_never_imports_torch(exported: tuple[Path, Any], tmp_path: Path) -> None:
+    """CATALENS_RUNTIME=onnx with the towers exported: the query path loads without torch or open_clip."""
+    import shutil
+
+    from catalens.encoder import ModelSpec
+    from catalens.onnx_encoder import cache_key
+
+    folder, _ = exported
+    root = tmp_path / "onnx-cache"
+    shutil.copytree(folder, root / cache_key(ModelSpec("catalens-demo")))
+    code = (
+        "import sys, json\n"
+        "from catalens.config import Settings\n"
+        "from catalens.onnx_encoder import load_query_encoder\n"
+        f"enc = load_query_encoder(Settings(runtime='onnx', onnx_dir={str(root)!r}))\n"
+        "vec = enc.encode_texts(['blue mug'])\n"
+        "print(json.dumps({'runtime': type(enc).__name__, 'dim': int(vec.shape[1]),\n"
+        "                  'torch': 'torch' in sys.modules, 'open_clip': 'open_clip' in sys.modules}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"runtime": "OnnxClipEncoder", "dim": 128, "torch": False, "open_clip": False}
+
+
+@pytest.mark.slow
+def test_auto_follows_the_speed_measured_at_export(exported: tuple[Path, Any], tmp_path: Path) -> None:
+    import shutil
+    from dataclasses import asdict
+
+    from catalens.config import Settings
+    from catalens.encoder import ClipEncoder, ModelSpec
+    from catalens.onnx_encoder import META, OnnxClipEncoder, cache_key, load_query_encoder
+
+    folder, meta = exported
+    for onnx_fast, expected in ((True, OnnxClipEncoder), (False, ClipEncoder)):
+        root = tmp_path / f"cache-{onnx_fast}"
+        target = root / cache_key(ModelSpec("catalens-demo"))
+        shutil.copytree(folder, target)
+        speed = {"torch_text": 2.0, "onnx_text": 1.0, "torch_image": 2.0, "onnx_image": 1.0} if onnx_fast else \
+            {"torch_text": 1.0, "onnx_text": 2.0, "torch_image": 1.0, "onnx_image": 2.0}
+        (target / META).write_text(json.dumps({**asdict(meta), "speed_ms": speed}))
+        assert isinstance(load_query_encoder(Settings(runtime="auto", onnx_dir=root, device="cpu")), expected)
+    assert isinstance(load_query_encoder(Settings(runtime="torch", onnx_dir=tmp_path / "x", device="cpu")),
+                      ClipEncoder)
+    assert not (tmp_path / "x").exists()  # torch never exports
