@@ -19,7 +19,7 @@ else:
     Subcommands = argparse._SubParsersAction
 
 SETTING_FLAGS = ("index_dir", "model", "pretrained", "device", "batch_size", "threads", "database_url",
-                 "reranker", "rerank_features")
+                 "reranker", "rerank_features", "runtime")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -57,5 +57,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
                         "an open_clip name without --pretrained has random weights (timing only)")
     p.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint file")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    p.add_argument("--runtime", choices=["auto", "torch", "onnx"], default=None,
+                   help="query-time CLIP runtime (default $CATALENS_RUNTIME, else auto: the faster one here)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch/FAISS threads (default: cores)")

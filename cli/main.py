@@ -52,8 +52,21 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+def _servable(settings: Settings) -> bool:
+    """Whether the index folder holds an active version this Catalens can serve (an older format is rebuilt)."""
     from catalens import artifacts
+    from catalens.errors import CatalensError
+
+    try:
+        artifacts.verify_version(artifacts.active_version_path(settings.index_dir), checksums=False)
+    except CatalensError as exc:
+        if artifacts.read_active(settings.index_dir) is not None:
+            print(f"rebuilding the demo index: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from indexer.runner import BuildOptions, build_index
     from sampledata.catalog import write_sample_catalog
 
@@ -62,7 +75,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     if not catalog.is_file():
         print(f"generating the sample catalog ({args.n} products) in {sample_dir}", file=sys.stderr)
         write_sample_catalog(sample_dir, n=args.n, seed=args.seed)
-    if artifacts.read_active(settings.index_dir) is None:
+    if not _servable(settings):
         summary = build_index(settings, BuildOptions(catalog=catalog))
         print(f"built index version {summary.version_id}: {summary.vectors} vectors", file=sys.stderr)
     print(f"serving Catalens on http://{args.host}:{args.port}/ (API docs at /docs)", file=sys.stderr)
