@@ -9,6 +9,7 @@ on this machine, which CATALENS_RUNTIME=auto follows.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -16,6 +17,7 @@ import os
 import shutil
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -228,6 +230,20 @@ class OnnxClipEncoder:
         return ((x - self._mean) / self._std).transpose(2, 0, 1)
 
 
+@contextlib.contextmanager
+def _export_lock(folder: Path) -> Iterator[None]:
+    """An exclusive lock beside the export folder, held while one process exports (fcntl: freed if it dies)."""
+    import fcntl
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder.with_name(f".{folder.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def onnx_folder(root: Path, spec: ModelSpec) -> Path:
     return root / cache_key(spec)
 
@@ -251,14 +267,17 @@ def load_query_encoder(settings: Settings) -> ClipEncoder | OnnxClipEncoder:
     meta = read_meta(folder)
     torch_encoder = None
     if meta is None:
-        torch_encoder = load_clip(spec, device=settings.device)
-        try:
-            meta = export(torch_encoder, folder)
-        except ModelLoadError as exc:
-            if settings.runtime == "onnx":
-                raise
-            LOG.warning("%s; the query path runs on torch", exc.message)
-            return torch_encoder
+        with _export_lock(folder):  # replicas starting together export once; the others wait and read it
+            meta = read_meta(folder)
+            if meta is None:
+                torch_encoder = load_clip(spec, device=settings.device)
+                try:
+                    meta = export(torch_encoder, folder)
+                except ModelLoadError as exc:
+                    if settings.runtime == "onnx":
+                        raise
+                    LOG.warning("%s; the query path runs on torch", exc.message)
+                    return torch_encoder
     if settings.runtime == "auto" and not meta.onnx_faster:
         return torch_encoder or load_clip(spec, device=settings.device)
     return OnnxClipEncoder(folder, meta, spec=spec, threads=settings.torch_threads())
