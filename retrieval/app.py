@@ -79,8 +79,8 @@ def try_reload(searcher: Searcher) -> None:
         LOG.warning("index not loaded: %s", exc.message)
 
 
-def follow_changes(searcher: Searcher, index_dir: Path) -> None:
-    """One look: a new active version or a rollback -> reload; else apply the new live changes."""
+def follow_changes(searcher: Searcher) -> None:
+    """One look: a new active version or a rollback -> reload; else apply the new live changes (logged, never raised)."""
     try:
         searcher.catch_up()
     except CatalensError as exc:
@@ -94,12 +94,12 @@ def prepare_editor(editor: CatalogEditor) -> None:
         LOG.warning("catalog editor not prepared ahead of the first edit: %s", exc)
 
 
-async def watch_index(searcher: Searcher, index_dir: Path, interval_s: float) -> None:
+async def watch_index(searcher: Searcher, interval_s: float) -> None:
     """Pick up a newly published version and live changes (written by any process) without a
     restart, off the request path: visible to queries within interval_s plus the load."""
     while True:
         await asyncio.sleep(interval_s)
-        await asyncio.to_thread(follow_changes, searcher, index_dir)
+        await asyncio.to_thread(follow_changes, searcher)
 
 
 def create_app(settings: Settings | None = None, *, searcher: Searcher | None = None,
@@ -120,11 +120,11 @@ def create_app(settings: Settings | None = None, *, searcher: Searcher | None = 
         searcher.observe = metrics.observe_stage
         app.state.searcher = searcher
         await asyncio.to_thread(try_reload, searcher)
-        watcher = asyncio.create_task(watch_index(searcher, settings.index_dir, settings.live_poll_s))
+        watcher = asyncio.create_task(watch_index(searcher, settings.live_poll_s))
         jobs = None
         warm: asyncio.Task[None] | None = None
         if editor is not None:
-            jobs = JobRunner(searcher.sessions, editor, after=lambda: follow_changes(searcher, settings.index_dir))
+            jobs = JobRunner(searcher.sessions, editor, after=lambda: follow_changes(searcher))
             jobs.start()
             warm = asyncio.create_task(asyncio.to_thread(prepare_editor, editor))
         app.state.jobs = jobs
