@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     runtime: Literal["auto", "torch", "onnx"] = Field(
         default="auto", description="query-time CLIP runtime: onnx (ONNX Runtime, no torch import), torch, or auto "
         "(whichever the export's measurement found faster on this machine)")
+    onnx_int8: bool = Field(default=False, description="serve the ONNX towers with int8 weights (dynamic "
+                            "quantization; see the README for what it costs in recall)")
     onnx_dir: Path | None = Field(default=None, description="exported ONNX towers, per model "
                                   "(default: $XDG_CACHE_HOME/catalens/onnx)")
     threads: int = Field(default=0, ge=0, description="torch/FAISS threads; 0 = all cores / workers")

@@ -191,7 +191,7 @@ class OnnxClipEncoder:
 
     runtime = "onnx"
 
-    def __init__(self, folder: Path, meta: OnnxMeta, *, spec: ModelSpec, threads: int = 1) -> None:
+    def __init__(self, folder: Path, meta: OnnxMeta, *, spec: ModelSpec, threads: int = 1, int8: bool = False) -> None:
         import onnxruntime as ort
 
         from catalens.clip_tokenizer import ClipTokenizer
@@ -202,8 +202,9 @@ class OnnxClipEncoder:
         # Spinning threads hold a core between requests; on 2 shared cores that halved throughput.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
-        self.text = ort.InferenceSession(str(folder / TEXT), options, providers=providers)
-        self.image = ort.InferenceSession(str(folder / IMAGE), options, providers=providers)
+        text, image = (int8_name(TEXT), int8_name(IMAGE)) if int8 else (TEXT, IMAGE)
+        self.text = ort.InferenceSession(str(folder / text), options, providers=providers)
+        self.image = ort.InferenceSession(str(folder / image), options, providers=providers)
         self.meta, self.spec = meta, spec
         self.model_id, self.dim, self.image_size = meta.model_id, meta.dim, meta.image_size
         self.tokenizer = ClipTokenizer(meta.context_length)
@@ -244,6 +245,22 @@ def _export_lock(folder: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def int8_name(name: str) -> str:
+    return name.replace(".onnx", ".int8.onnx")
+
+
+def ensure_int8(folder: Path) -> None:
+    """Dynamically quantised (int8 weights) copies of both towers beside the fp32 ones (onnxruntime, no torch)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    for name in (TEXT, IMAGE):
+        target = folder / int8_name(name)
+        if not target.is_file():
+            tmp = target.with_name(f".{target.stem}.{os.getpid()}.onnx")
+            quantize_dynamic(str(folder / name), str(tmp), weight_type=QuantType.QInt8)
+            os.replace(tmp, target)
+
+
 def onnx_folder(root: Path, spec: ModelSpec) -> Path:
     return root / cache_key(spec)
 
@@ -280,4 +297,7 @@ def load_query_encoder(settings: Settings) -> ClipEncoder | OnnxClipEncoder:
                     return torch_encoder
     if settings.runtime == "auto" and not meta.onnx_faster:
         return torch_encoder or load_clip(spec, device=settings.device)
-    return OnnxClipEncoder(folder, meta, spec=spec, threads=settings.torch_threads())
+    if settings.onnx_int8:
+        with _export_lock(folder):
+            ensure_int8(folder)
+    return OnnxClipEncoder(folder, meta, spec=spec, threads=settings.torch_threads(), int8=settings.onnx_int8)

@@ -122,3 +122,24 @@ def test_auto_follows_the_speed_measured_at_export(exported: tuple[Path, Any], t
     assert isinstance(load_query_encoder(Settings(runtime="torch", onnx_dir=tmp_path / "x", device="cpu")),
                       ClipEncoder)
     assert not (tmp_path / "x").exists()  # torch never exports
+
+
+@pytest.mark.slow
+def test_int8_towers_are_made_on_request_and_stay_close(exported: tuple[Path, Any], tmp_path: Path,
+                                                        encoder: Any) -> None:
+    import shutil
+
+    from catalens.config import Settings
+    from catalens.encoder import ModelSpec
+    from catalens.onnx_encoder import cache_key, int8_name, load_query_encoder
+
+    folder, _ = exported
+    root = tmp_path / "cache"
+    target = root / cache_key(ModelSpec("catalens-demo"))
+    shutil.copytree(folder, target)
+    int8 = load_query_encoder(Settings(runtime="onnx", onnx_dir=root, onnx_int8=True))
+    assert (target / int8_name("text.onnx")).stat().st_size < (target / "text.onnx").stat().st_size / 2
+    texts, images = _texts(30), _images(10)
+    for got, want in ((int8.encode_texts(texts), encoder.encode_texts(texts)),
+                      (int8.encode_images(images), encoder.encode_images(images))):
+        assert (got * want).sum(axis=1).min() >= 0.99  # close, not equal: see the README for its recall
