@@ -128,20 +128,17 @@ class LiveLayer:
                 break
         return out
 
-    def rerank_features(self, vector_ids: np.ndarray) -> tuple[np.ndarray, list[np.ndarray | None]]:
-        """(mask of ids with live reranker features, those features in the given order)."""
-        found = np.zeros(len(vector_ids), bool)
-        feats: list[np.ndarray | None] = [None] * len(vector_ids)
-        where = {int(v): i for i, v in enumerate(self.ids.tolist())}
-        for slot, vid in enumerate(vector_ids.tolist()):
-            if vid not in where:
-                continue
-            lv = self.vectors.get(int(self.owners[where[vid]]))
+    def rerank_features(self, hits: list[tuple[int, int]]) -> tuple[np.ndarray, list[np.ndarray | None]]:
+        """For (product pk, vector id) pairs: (mask of those with live reranker features, the features)."""
+        found = np.zeros(len(hits), bool)
+        feats: list[np.ndarray | None] = [None] * len(hits)
+        for slot, (pk, vid) in enumerate(hits):
+            lv = self.vectors.get(pk)
             if lv is None or lv.rerank is None or lv.rerank_ids is None:
                 continue
-            hit = np.flatnonzero(lv.rerank_ids == vid)
-            if len(hit):
-                found[slot], feats[slot] = True, lv.rerank[int(hit[0])]
+            at = np.flatnonzero(lv.rerank_ids == vid)
+            if len(at):
+                found[slot], feats[slot] = True, lv.rerank[int(at[0])]
         return found, feats
 
 

@@ -340,7 +340,7 @@ class Searcher:
             features, found = self._features_from_images(reranker, view, hits)
         else:
             snap_found, snap_feats = view.snap.rerank.lookup(vids)  # features of the found slots, in order
-            live_found, live_feats = view.live.rerank_features(vids)
+            live_found, live_feats = view.live.rerank_features([(h.product.pk, h.vector_id) for h in hits])
             snap_row = {slot: i for i, slot in enumerate(np.flatnonzero(snap_found).tolist())}
             found = np.zeros(len(hits), bool)
             rows: list[np.ndarray] = []

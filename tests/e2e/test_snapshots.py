@@ -228,6 +228,10 @@ def test_live_edits_cost_what_they_change(server: Server, index: Path, world: tu
     assert body["visible"] and body["upserted"] == 1 and body["index_version"] == active
     assert body["images_embedded"] + body["images_cached"] == len(rows[56]["image"].split("|"))
     assert [r["product_id"] for r in search(server, "anything", price_min=4321.0)] == [rows[56]["product_id"]]
+    # Reranked with the features the upsert stored for its image (a live product is not left unjudged).
+    reranked = httpx.post(f"{server.url}/v1/search/text", json={"query": rows[56]["title"], "k": 3, "rerank": True,
+                                                                "filters": {"price_min": 4321.0}}, timeout=30).json()
+    assert reranked["reranked"] and reranked["results"][0]["rerank_score"] is not None
     # No new version, the main index untouched: the change lives in the live layer.
     assert artifacts.read_active(index) == active and main_index.stat().st_mtime_ns == stamp
     assert len(artifacts.list_versions(index)) == 1
