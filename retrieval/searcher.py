@@ -357,7 +357,8 @@ class Searcher:
         scores = reranker.score(query, np.asarray(features)) if len(features) else np.zeros(0)
         out: list[float | None] = [None] * len(hits)
         for at, score in zip(np.flatnonzero(found).tolist(), scores):
-            out[at] = float(score)
+            # A non-finite score (a reranker's numeric failure) would scramble the sort: unjudged instead.
+            out[at] = float(score) if math.isfinite(float(score)) else None
         return out
 
     def _features_from_images(self, reranker: Reranker, view: View, hits: list[Hit]) -> tuple[np.ndarray, np.ndarray]:
