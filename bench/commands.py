@@ -69,6 +69,10 @@ def query_text(r: QueryBench, files: dict[str, str]) -> str:
         else:
             lines.append(f"  {key:<14}{s['qps']:>9.1f}{s['p50_ms'] or 0:>9.1f}{s['p95_ms'] or 0:>9.1f}"
                          f"{s['p99_ms'] or 0:>9.1f}{s['errors']:>8}")
+    for runtime, stats in (r.by_runtime or {}).items():
+        lines.append(f"  runtime {runtime}: " + ", ".join(
+            f"{key} p50 {s['p50_ms']:.1f} ms" for key, s in stats.items() if s and key in ("single_text_uncached",
+                                                                                       "single_image", "text")))
     if r.text:
         mix = r.text["query_mix"]
         lines.append(f"  text mix: Zipf {mix['zipf_exponent']} over {mix['pool_distinct']} distinct queries, "
@@ -118,7 +122,8 @@ def cmd_bench_query(args: argparse.Namespace, settings: Settings) -> int:
     result = measure_query(_bench_settings(args, settings), n=args.n, seed=args.seed, concurrency=args.concurrency,
                            duration=args.duration, warmup=args.warmup, k=args.k, server_threads=args.server_threads,
                            query_pool=args.query_pool, zipf_exponent=args.zipf, rebuild=args.rebuild,
-                           server_timeout=args.server_timeout, render_workers=args.render_workers, log=_log(args))
+                           server_timeout=args.server_timeout, render_workers=args.render_workers,
+                           runtimes=args.runtimes, log=_log(args))
     data = _write(args, f"query-{model_slug(result.model)}-n{result.n}-c{result.concurrency}", result, plot_query)
     emit(args, data, query_text(result, data["files"]))
     return 0
@@ -185,6 +190,14 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
 
 
+def _runtimes(text: str) -> list[str]:
+    names = _names(text)
+    bad = [n for n in names if n not in ("auto", "torch", "onnx")]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"runtimes are auto, torch and onnx, comma-separated; got {text!r}")
+    return names
+
+
 def _names(text: str) -> list[str]:
     return [x.strip().lower() for x in text.split(",") if x.strip()]
 
@@ -234,6 +247,9 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--zipf", type=float, default=1.0, help="Zipf exponent of text-query popularity")
     p.add_argument("--rebuild", action="store_true", help="rebuild the cached index")
     p.add_argument("--server-timeout", type=float, default=180.0, help="seconds to wait for /readyz")
+    p.add_argument("--runtimes", type=_runtimes, default=["auto"],
+                   help="query-time CLIP runtimes, each its own server, side by side: e.g. torch,onnx "
+                        "(the first one's figures are the top-level keys)")
     _bench_flags(p, model=True)
     p.set_defaults(handler=cmd_bench_query)
 

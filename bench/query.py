@@ -28,7 +28,9 @@ from bench.workload import CATALOG_SEED, ensure_catalog, load_encoder, with_rand
 from catalens.config import Settings, set_threads
 from catalens.errors import BenchError, CatalensError
 
-SCENARIOS = ("text", "text_uncached", "text_filtered", "image", "similar", "text_rerank")
+SCENARIOS = ("text", "text_uncached", "text_filtered", "image", "similar", "text_rerank",
+             "single_text_uncached", "single_image")
+SINGLE = {"single_text_uncached": "text_uncached", "single_image": "image"}  # one client: the request path alone
 DRIVER = ("httpx.AsyncClient in the bench process (closed loop), server = `catalens serve` subprocess; "
           "both share the machine's cores")
 
@@ -46,7 +48,12 @@ class QueryBench:
     image: ScenarioStats | None
     similar: ScenarioStats | None
     text_rerank: ScenarioStats | None
+    single_text_uncached: ScenarioStats | None  # text_uncached with one client
+    single_image: ScenarioStats | None  # image with one client
     text_rerank_note: str | None
+    runtime: str  # the query-time CLIP runtime of the scenarios above (CATALENS_RUNTIME)
+    by_runtime: dict[str, dict[str, ScenarioStats | None]] | None  # every runtime of the run, side by side
+    served_runtime: dict[str, str | None]  # runtime asked for -> what the server ran (/readyz; auto picks one)
     model: str
     n: int
     vectors: int | None
@@ -296,7 +303,7 @@ def measure_query(settings: Settings, *, n: int, seed: int = CATALOG_SEED, concu
                   duration: float = 10.0, warmup: float = 2.0, k: int = 10, server_threads: int | None = None,
                   query_pool: int = 20_000, zipf_exponent: float = 1.0, rebuild: bool = False,
                   server_timeout: float = 180.0, render_workers: int | None = None,
-                  log: Log = quiet) -> QueryBench:
+                  runtimes: Sequence[str] = ("auto",), log: Log = quiet) -> QueryBench:
     """Every scenario for `duration` seconds against a `catalens serve` of an n-product generated catalog."""
     import asyncio
 
@@ -344,45 +351,57 @@ def measure_query(settings: Settings, *, n: int, seed: int = CATALOG_SEED, concu
         return await client.get(f"/v1/products/{product_ids[rng.randrange(len(product_ids))]}/similar",
                                 params={"k": k})
 
-    results: dict[str, ScenarioStats | None] = dict.fromkeys(SCENARIOS)
-    log_path = settings.bench_cache() / f"serve-{model_slug(settings.model)}-n{n}.log"
-    log(f"starting `catalens serve` ({server_threads} torch threads); log in {log_path}")
-    with serve_subprocess(settings, index_dir, threads=server_threads, log_path=log_path,
-                          timeout=server_timeout) as url:
-        ready = httpx.get(f"{url}/readyz", timeout=5).json()
-        probe = httpx.post(f"{url}/v1/search/text", json={"query": "red mug", "k": 1, "rerank": True}, timeout=30)
-        rerank_available = probe.status_code == 200
-        scenarios = [
-            Scenario("text", text_request, {}),
-            Scenario("text_uncached", text_unique_request, {"query_mix": "every query distinct (cache misses)"}),
-            Scenario("text_filtered", filtered_request, {"filter": f"one category of {len(categories)} per request"}),
-            Scenario("image", image_request, {"query_pool": len(image_bytes)}),
-            Scenario("similar", similar_request, {"query_pool": len(product_ids)}),
-        ]
-        if rerank_available:
-            scenarios.append(Scenario("text_rerank", rerank_request, {}))
-        for scenario in scenarios:
-            if (scenario.name == "image" and not image_bytes) or (scenario.name == "text_filtered" and not categories):
-                continue
-            log(f"{scenario.name}: {concurrency} clients for {duration}s")
-            before = [zipf.requests, zipf.repeats]
+    by_runtime: dict[str, dict[str, ScenarioStats | None]] = {}
+    served: dict[str, str | None] = {}
+    ready: dict[str, Any] = {}
+    rerank_available, probe_status = False, 0
+    for runtime in runtimes:
+        results: dict[str, ScenarioStats | None] = dict.fromkeys(SCENARIOS)
+        log_path = settings.bench_cache() / f"serve-{model_slug(settings.model)}-n{n}-{runtime}.log"
+        log(f"starting `catalens serve` ({server_threads} threads, runtime {runtime}); log in {log_path}")
+        with serve_subprocess(settings, index_dir, threads=server_threads, log_path=log_path,
+                              timeout=server_timeout, env={"CATALENS_RUNTIME": runtime}) as url:
+            ready = httpx.get(f"{url}/readyz", timeout=5).json()
+            served[runtime] = ready.get("runtime")
+            probe = httpx.post(f"{url}/v1/search/text", json={"query": "red mug", "k": 1, "rerank": True}, timeout=30)
+            rerank_available, probe_status = probe.status_code == 200, probe.status_code
+            scenarios = [
+                Scenario("text", text_request, {}),
+                Scenario("text_uncached", text_unique_request, {"query_mix": "every query distinct (cache misses)"}),
+                Scenario("text_filtered", filtered_request, {"filter": f"one category of {len(categories)} per request"}),
+                Scenario("image", image_request, {"query_pool": len(image_bytes)}),
+                Scenario("similar", similar_request, {"query_pool": len(product_ids)}),
+            ]
+            if rerank_available:
+                scenarios.append(Scenario("text_rerank", rerank_request, {}))
+            scenarios += [Scenario("single_text_uncached", text_unique_request, {"clients": 1}),
+                          Scenario("single_image", image_request, {"clients": 1})]
+            for scenario in scenarios:
+                if (scenario.name in ("image", "single_image") and not image_bytes) or \
+                        (scenario.name == "text_filtered" and not categories):
+                    continue
+                clients = 1 if scenario.name in SINGLE else concurrency
+                log(f"{scenario.name}: {clients} clients for {duration}s")
+                before = [zipf.requests, zipf.repeats]
 
-            def mark(before: list[int] = before) -> None:
-                before[:] = [zipf.requests, zipf.repeats]
+                def mark(before: list[int] = before) -> None:
+                    before[:] = [zipf.requests, zipf.repeats]
 
-            stats = asyncio.run(_run_scenario(url, scenario, concurrency=concurrency, duration=duration,
-                                              warmup=warmup, on_measure=mark))
-            if scenario.name == "text":
-                # Over the measured window only; the warm-up's queries count as history (already cached).
-                sent, repeats = zipf.requests - before[0], zipf.repeats - before[1]
-                stats["query_mix"] = {
-                    "pool_distinct": len(pool), "zipf_exponent": zipf_exponent, "requests_sent": sent,
-                    "distinct_sent": len(zipf.sent),
-                    "repeat_share": round(repeats / max(1, sent), 3),
-                    "note": "repeat_share ~ the server's text-embedding cache hit rate "
-                            f"(LRU of {settings.text_cache_size} entries per process)",
-                }
-            results[scenario.name] = stats
+                stats = asyncio.run(_run_scenario(url, scenario, concurrency=clients, duration=duration,
+                                                  warmup=warmup, on_measure=mark))
+                if scenario.name == "text":
+                    # Over the measured window only; the warm-up's queries count as history (already cached).
+                    sent, repeats = zipf.requests - before[0], zipf.repeats - before[1]
+                    stats["query_mix"] = {
+                        "pool_distinct": len(pool), "zipf_exponent": zipf_exponent, "requests_sent": sent,
+                        "distinct_sent": len(zipf.sent),
+                        "repeat_share": round(repeats / max(1, sent), 3),
+                        "note": "repeat_share ~ the server's text-embedding cache hit rate "
+                                f"(LRU of {settings.text_cache_size} entries per process)",
+                    }
+                results[scenario.name] = stats
+        by_runtime[runtime] = results
+    results = by_runtime[runtimes[0]]
     return QueryBench(
         text=results["text"],
         text_uncached=results["text_uncached"],
@@ -390,8 +409,13 @@ def measure_query(settings: Settings, *, n: int, seed: int = CATALOG_SEED, concu
         image=results["image"],
         similar=results["similar"],
         text_rerank=results["text_rerank"],
+        single_text_uncached=results["single_text_uncached"],
+        single_image=results["single_image"],
         text_rerank_note=None if rerank_available else
-        f"absent: the server answers rerank=true with HTTP {probe.status_code} (CATALENS_RERANKER=none?)",
+        f"absent: the server answers rerank=true with HTTP {probe_status} (CATALENS_RERANKER=none?)",
+        runtime=runtimes[0],
+        by_runtime=by_runtime if len(runtimes) > 1 else None,
+        served_runtime=served,
         model=settings.model,
         n=n,
         vectors=ready.get("vectors"),

@@ -108,6 +108,7 @@ class QueryEncoder(Protocol):
 
     model_id: str
     dim: int
+    runtime: str
 
     def encode_texts(self, texts: list[str]) -> np.ndarray: ...
 
@@ -123,6 +124,7 @@ def weights_digest(path: Path) -> str:
 class ClipEncoder:
     """A loaded CLIP: images and texts in, L2-normalised float32 vectors out."""
 
+    runtime = "torch"  # what serves its towers (onnx_encoder.OnnxClipEncoder: "onnx")
     spec: ModelSpec
     model: Any
     tokenizer: Any

@@ -25,7 +25,8 @@ def readyz(searcher: SearcherDep) -> JSONResponse:
     snap = searcher.current
     if snap is None:
         raise IndexNotReadyError(NOT_READY_MESSAGE)
-    return JSONResponse({"status": "ready", "index_version": snap.version_id, "vectors": snap.images.ntotal})
+    return JSONResponse({"status": "ready", "index_version": snap.version_id, "vectors": snap.images.ntotal,
+                         "runtime": searcher.encoder.runtime})
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -63,9 +63,16 @@ def test_bench_index_default_model(bench_dirs: tuple[Path, Path]) -> None:
 
 def test_bench_query_real_server(bench_dirs: tuple[Path, Path]) -> None:
     data = _bench("query", "--n", "24", "--concurrency", "2", "--duration", "0.6", "--warmup", "0.2",
-                  "--query-pool", "200", "--render-workers", "1", dirs=bench_dirs)
-    assert data["n"] == 24 and data["vectors"] >= 24 and data["concurrency"] == 2
-    for name in ("text", "text_uncached", "text_filtered", "image", "similar"):
+                  "--query-pool", "200", "--render-workers", "1", "--runtimes", "torch,onnx", dirs=bench_dirs)
+    assert data["n"] == 24 and data["vectors"] >= 24 and data["concurrency"] == 2 and data["runtime"] == "torch"
+    assert set(data["by_runtime"]) == {"torch", "onnx"}  # side by side, one server each
+    assert data["served_runtime"] == {"torch": "torch", "onnx": "onnx"}
+    assert data["by_runtime"]["torch"]["text"] == data["text"]
+    for runtime, stats in data["by_runtime"].items():
+        for name in ("single_text_uncached", "single_image"):
+            assert stats[name]["errors"] == 0 and stats[name]["qps"] > 0, (runtime, name)
+            assert set(stats[name]["server_stage_mean_ms"]) >= {"encode", "ann"}, (runtime, name)
+    for name in ("text", "text_uncached", "text_filtered", "image", "similar", "single_text_uncached", "single_image"):
         stats = data[name]
         assert set(STAGES) <= set(stats), name
         assert stats["errors"] == 0, (name, stats["error_kinds"])
