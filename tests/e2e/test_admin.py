@@ -24,8 +24,10 @@ from tests.support import (
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("trusted_image_sources")]
 
 KEY = "test-admin-key-7f3a"
-ROUTES = [("/v1/admin/reload", None), ("/v1/admin/products", {"products": [{"product_id": "X", "title": "x"}]}),
-          ("/v1/admin/products/delete", {"ids": ["X"]})]
+ROUTES = [("POST", "/v1/admin/reload", None),
+          ("POST", "/v1/admin/products", {"products": [{"product_id": "X", "title": "x"}]}),
+          ("POST", "/v1/admin/products/delete", {"ids": ["X"]}), ("PATCH", "/v1/admin/products/X", {"price": 1.0}),
+          ("POST", "/v1/admin/compact", None), ("GET", "/v1/admin/jobs/some-job", None)]
 
 
 @pytest.fixture(scope="module")
@@ -53,18 +55,21 @@ def admin(server: Server, path: str, body: Any = None, *, key: str | None = KEY,
     return httpx.post(server.url + path, json=body, headers=headers, timeout=timeout)
 
 
-@pytest.mark.parametrize("path,body", ROUTES)
-def test_admin_routes_refuse_a_missing_or_wrong_key(server: Server, path: str, body: Any) -> None:
-    missing = httpx.post(server.url + path, json=body, timeout=30)
+@pytest.mark.parametrize("method,path,body", ROUTES)
+def test_admin_routes_refuse_a_missing_or_wrong_key(server: Server, method: str, path: str, body: Any) -> None:
+    def send(**kw: Any) -> httpx.Response:
+        return httpx.request(method, server.url + path, timeout=30, **kw)
+
+    missing = send(json=body)
     assert missing.status_code == 401 and missing.json()["error"]["code"] == "unauthorized"
     assert "X-API-Key" in missing.json()["error"]["message"]
-    not_bearer = httpx.post(server.url + path, json=body, headers={"Authorization": f"Basic {KEY}"}, timeout=30)
+    not_bearer = send(json=body, headers={"Authorization": f"Basic {KEY}"})
     assert not_bearer.status_code == 401
     for headers in ({"Authorization": "Bearer wrong-key"}, {"X-API-Key": "wrong-key"},
                     {"X-API-Key": KEY + "x"}, {"Authorization": f"Bearer {KEY[:-1]}"}):
-        wrong = httpx.post(server.url + path, json=body, headers=headers, timeout=30)
+        wrong = send(json=body, headers=headers)
         assert wrong.status_code == 403 and wrong.json()["error"] == {"code": "forbidden", "message": "wrong API key"}
-    invalid_body = httpx.post(server.url + path, json={"nonsense": True}, timeout=30)
+    invalid_body = send(json={"nonsense": True})
     assert invalid_body.status_code == 401  # the key is checked before the body
 
 
@@ -89,9 +94,9 @@ def test_admin_routes_are_off_without_a_configured_key(admin_world: tuple[list[d
     settings = Settings(index_dir=admin_world[1], threads=1, api_key=None)
     searcher = Searcher(settings, create_session_factory(create_db_engine(settings.db_url)), encoder)
     with TestClient(create_app(settings, searcher=searcher), raise_server_exceptions=False) as client:
-        for path, body in ROUTES:
+        for method, path, body in ROUTES:
             for headers in ({}, {"Authorization": f"Bearer {KEY}"}, {"X-API-Key": KEY}):
-                resp = client.post(path, json=body, headers=headers)
+                resp = client.request(method, path, json=body, headers=headers)
                 assert resp.status_code == 403, (path, headers, resp.text)
                 error = resp.json()["error"]
                 assert error["code"] == "forbidden" and "CATALENS_API_KEY" in error["message"]
