@@ -17,6 +17,7 @@ import numpy as np
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from catalens.db import serialize_appends
 from catalens.records import ProductRecord
 from catalens.schema import CatalogChange
 
@@ -64,6 +65,7 @@ def append(session: Session, kind: str, record: ProductRecord, vectors: LiveVect
     """Log one change (inside the caller's transaction, beside its catalog-of-record write)."""
     if kind not in KINDS:
         raise ValueError(f"unknown change kind {kind!r}")
+    serialize_appends(session)
     session.add(CatalogChange(product_id=record.product_id, pk=record.pk, kind=kind,
                               record=None if kind == "delete" else record.to_json(),
                               vectors=vectors.encode() if vectors is not None else None))

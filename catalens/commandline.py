@@ -19,7 +19,7 @@ else:
     Subcommands = argparse._SubParsersAction
 
 SETTING_FLAGS = ("index_dir", "model", "pretrained", "device", "batch_size", "threads", "database_url",
-                 "reranker", "rerank_features", "runtime")
+                 "vector_store", "reranker", "rerank_features", "runtime")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -41,6 +41,11 @@ def add_common_flags(p: argparse.ArgumentParser, *, model: bool = False, json_fl
     """--index-dir and --json, and with model=True the flags that choose and run the models."""
     p.add_argument("--index-dir", type=Path, default=None,
                    help="index folder (default: $CATALENS_INDEX_DIR or ./catalens-data)")
+    p.add_argument("--database-url", default=None,
+                   help="catalog of record: postgresql+psycopg://user@host:port/db or sqlite:///FILE "
+                        "(default: $CATALENS_DATABASE_URL, else SQLite in the index folder)")
+    p.add_argument("--vector-store", default=None,
+                   help="faiss (default: $CATALENS_VECTOR_STORE, else faiss) or milvus://host:19530")
     if json_flag:
         p.add_argument("--json", action="store_true", help="print one JSON object")
     if model:

@@ -31,7 +31,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CATALENS_", extra="ignore")
 
     index_dir: Path = Field(default=Path("catalens-data"), description="where versions and the DB live")
-    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in index_dir")
+    database_url: str | None = Field(default=None, description="the catalog of record: sqlite:///FILE or "
+                                     "postgresql+psycopg://user@host:port/db (default: SQLite in index_dir)")
+    vector_store: str = Field(default="faiss", description="where search reads vectors: faiss (files in each "
+                              "index version) or milvus://host:19530 (a collection per version)")
+    engine_timeout_s: float = Field(default=5.0, gt=0, le=120, description="how long a request waits for "
+                                    "PostgreSQL or Milvus before answering 503")
     model: str = DEFAULT_MODEL
     pretrained: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -82,6 +87,28 @@ class Settings(BaseSettings):
     min_free_bytes: int = Field(default=64 * 1024 * 1024, ge=0,
                                 description="a build refuses to start (507) unless the index dir's disk has this much "
                                 "free space beyond the size of the active version; 0 = no preflight")
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_scheme(cls, value: str | None) -> str | None:
+        if value is None or value.startswith(("sqlite://", "postgresql+psycopg://")):
+            return value
+        for plain in ("postgresql://", "postgres://"):
+            if value.startswith(plain):  # SQLAlchemy's default PostgreSQL driver is psycopg2: name psycopg 3
+                return "postgresql+psycopg://" + value.removeprefix(plain)
+        raise ValueError(f"{value.split('://')[0]!r} is not a supported database: use sqlite:///FILE or "
+                         "postgresql+psycopg://user@host:port/db")
+
+    @field_validator("vector_store")
+    @classmethod
+    def _store_scheme(cls, value: str) -> str:
+        if value == "faiss" or (value.startswith("milvus://") and len(value) > len("milvus://")):
+            return value
+        raise ValueError(f"{value!r} is not a vector store: use faiss or milvus://host:port")
+
+    @property
+    def milvus(self) -> bool:
+        return self.vector_store.startswith("milvus://")
 
     @field_validator("index_dir")
     @classmethod

@@ -1,4 +1,5 @@
-"""Engines, sessions and migrations. The only module with SQLite-specific SQL (PRAGMAs)."""
+"""Engines, sessions and migrations. The only module with backend-specific SQL (SQLite PRAGMAs,
+PostgreSQL advisory locks)."""
 
 from __future__ import annotations
 
@@ -9,22 +10,57 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from catalens.errors import DatabaseBusyError, DatabaseError
+from catalens.errors import ConfigError, DatabaseBusyError, DatabaseError, DatabaseUnavailableError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 Sessions = sessionmaker[Session]
 
 
-def create_db_engine(url: str) -> Engine:
-    """An engine with the per-connection settings the backend needs (SQLite: WAL, FKs, timeout)."""
+def create_db_engine(url: str, *, timeout_s: float = 5.0) -> Engine:
+    """An engine with the per-connection settings the backend needs (SQLite: WAL, FKs, timeout;
+    PostgreSQL: a connect timeout, connections checked before use so a restarted server is
+    reconnected to, and an unreachable server raised as DatabaseUnavailableError)."""
     is_sqlite = url.startswith("sqlite")
     if is_sqlite and url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 30} if is_sqlite else {})
     if is_sqlite:
+        engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "handle_error", _typed_sqlite_errors)
+        return engine
+    try:
+        import psycopg  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError("a PostgreSQL database needs psycopg 3: pip install 'catalens[postgres]'") from exc
+    engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_timeout=timeout_s,
+                           connect_args={"connect_timeout": max(1, round(timeout_s))})
+    event.listen(engine, "handle_error", _typed_server_errors)
     return engine
+
+
+def _typed_server_errors(context: Any) -> None:
+    """A lost or refused connection -> DatabaseUnavailableError (a 503 to retry), with one line saying where."""
+    if not (context.is_disconnect or _is_connect_failure(context.original_exception)):
+        return
+    url = context.engine.url if context.engine is not None else "the database"
+    where = f"{url.host}:{url.port}/{url.database}" if hasattr(url, "host") else str(url)
+    reason = str(context.original_exception).strip().splitlines()[0][:200] if context.original_exception else ""
+    raise DatabaseUnavailableError(f"the database at {where} is unreachable ({reason}); retry shortly") \
+        from context.sqlalchemy_exception
+
+
+def _is_connect_failure(exc: BaseException | None) -> bool:
+    import psycopg
+
+    return isinstance(exc, psycopg.OperationalError)
+
+
+def serialize_appends(session: Session) -> None:
+    """Make concurrent change-log appends commit in sequence order (PostgreSQL: a transaction-scoped
+    advisory lock; SQLite serializes writers anyway). Else a reader could see seq 11 commit before
+    seq 10 and skip 10 for good."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(7412001)"))
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -50,8 +86,10 @@ _LEFT_AS_IT_IS = "the file was left untouched (restore it from a backup, or buil
 
 
 def check_integrity(engine: Engine) -> None:
-    """Refuse to run on a malformed SQLite file; never delete it for the user."""
+    """Refuse to run on a malformed SQLite file (never deleting it for the user) or an unreachable server."""
     if engine.dialect.name != "sqlite":
+        with engine.connect() as conn:  # DatabaseUnavailableError, one line, when the server is not there
+            conn.exec_driver_sql("SELECT 1")
         return
     try:
         with engine.connect() as conn:
@@ -68,9 +106,9 @@ def create_session_factory(engine: Engine) -> Sessions:
     return sessionmaker(engine, expire_on_commit=False)
 
 
-def open_database(url: str) -> tuple[Engine, Sessions]:
+def open_database(url: str, *, timeout_s: float = 5.0) -> tuple[Engine, Sessions]:
     """Engine + session factory, integrity-checked and upgraded to the newest schema."""
-    engine = create_db_engine(url)
+    engine = create_db_engine(url, timeout_s=timeout_s)
     check_integrity(engine)
     upgrade_database(url)
     return engine, create_session_factory(engine)
@@ -80,9 +118,8 @@ def refresh_statistics(sessions: Sessions) -> None:
     """Refresh the query planner's statistics after a bulk change: without them SQLite filters
     products through the low-selectivity `deleted` index instead of `category` / `brand`."""
     with sessions() as session:
-        if session.get_bind().dialect.name == "sqlite":
-            session.execute(text("ANALYZE"))
-            session.commit()
+        session.execute(text("ANALYZE"))  # the same statement on SQLite and PostgreSQL
+        session.commit()
 
 
 def alembic_config(url: str) -> Config:

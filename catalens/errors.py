@@ -99,6 +99,26 @@ class DatabaseError(CatalensError):
     retry_after_s = 5
 
 
+class DatabaseUnavailableError(DatabaseError):
+    """The database server cannot be reached (down, restarting, network); retry later."""
+
+    code, http_status = "database_unavailable", 503
+    retry_after_s = 5
+
+
+class VectorStoreUnavailableError(CatalensError):
+    """The vector store (Milvus) cannot be reached or did not answer within its timeout; retry later."""
+
+    code, http_status = "vector_store_unavailable", 503
+    retry_after_s = 5
+
+
+class ConfigError(CatalensError):
+    """A setting that cannot work (a URL with an unknown scheme, say): refused at start."""
+
+    code, http_status = "config_error", 500
+
+
 class BenchError(CatalensError):
     code, http_status = "bench_failed", 500
 
