@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from catalens.commandline import Subcommands, add_common_flags, emit
 from catalens.config import Settings
-from catalens.errors import CatalensError
+from catalens.errors import CatalensError, ConfigError
 
 if TYPE_CHECKING:
     from indexer.live import EditContext
@@ -17,9 +17,10 @@ if TYPE_CHECKING:
 def _build(args: argparse.Namespace, settings: Settings, *, full: bool) -> int:
     from indexer.runner import BuildOptions, build_index
 
+    _check_engine(args.engine, args.ray_address)
     options = BuildOptions(catalog=args.catalog, images_root=args.images_root, strict=args.strict,
                            factory=args.faiss_factory, full=full, progress=not args.quiet, keep=args.keep,
-                           caption=args.caption)
+                           caption=args.caption, engine=args.engine, ray_address=args.ray_address)
     summary = build_index(settings, options)
     text = (f"index version {summary.version_id} is active: read {summary.read} rows, indexed "
             f"{summary.indexed}, skipped {summary.skipped}, deleted {summary.deleted}; images ok "
@@ -32,6 +33,19 @@ def _build(args: argparse.Namespace, settings: Settings, *, full: bool) -> int:
             text += f"\n  {line}"
     emit(args, summary.as_dict(), text)
     return 0
+
+
+def _check_engine(engine: str, ray_address: str | None) -> None:
+    """Refuse a bad --engine/--ray-address pair before the build starts (Ray itself is imported here only to
+    say that it is missing)."""
+    if engine != "ray":
+        if ray_address is not None:
+            raise ConfigError("--ray-address needs --engine ray")
+        return
+    from indexer.ray_engine import check_address, import_ray
+
+    check_address(ray_address)
+    import_ray()
 
 
 def cmd_index_build(args: argparse.Namespace, settings: Settings) -> int:
@@ -208,6 +222,11 @@ def _build_flags(p: argparse.ArgumentParser, *, catalog_required: bool) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--caption", action="store_true",
                    help="store a generated caption per image (needs a reranker that can caption, e.g. coca:...)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="where images are decoded and embedded: this process, or Ray Data tasks and actors "
+                        "(needs catalens[ray])")
+    p.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="with --engine ray: 'auto' or ray://HOST:PORT joins a cluster (default: a local Ray)")
     p.add_argument("--no-rerank-features", dest="rerank_features", action="store_false", default=None,
                    help="do not store reranker image features (smaller index; reranking then decodes images)")
 

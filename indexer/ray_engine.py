@@ -25,7 +25,7 @@ import numpy as np
 from catalens.config import Settings
 from catalens.db import Sessions
 from catalens.encoder import ModelSpec
-from catalens.errors import CatalensError, InvalidInputError, ModelLoadError
+from catalens.errors import CatalensError, ConfigError, ModelLoadError
 from indexer.embedder import EmbedCounts, Embedder, _embed_loaded, _record_images
 from indexer.embedding_cache import Caches, EmbeddingCache
 from indexer.reader import ImageJob, ImageReader, LoadedImage
@@ -46,7 +46,7 @@ def check_address(address: str | None) -> None:
     except ValueError:  # a port that is not a number in 0..65535
         ok = False
     if not ok:
-        raise InvalidInputError(f"--ray-address {address!r}: expected 'auto', 'local' or ray://HOST:PORT")
+        raise ConfigError(f"--ray-address {address!r}: expected 'auto', 'local' or ray://HOST:PORT")
 
 
 def import_ray() -> Any:
@@ -55,7 +55,7 @@ def import_ray() -> Any:
         import ray
         import ray.data
     except ImportError as exc:
-        raise InvalidInputError(f"--engine ray needs Ray Data: {INSTALL_HINT}") from exc
+        raise ConfigError(f"--engine ray needs Ray Data: {INSTALL_HINT}") from exc
     return ray
 
 
@@ -83,7 +83,7 @@ def ray_session(address: str | None) -> Iterator[Any]:
             else:
                 ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise InvalidInputError(f"cannot start or reach Ray at {address or LOCAL!r}: {exc}") from exc
+        raise ConfigError(f"cannot start or reach Ray at {address or LOCAL!r}: {exc}") from exc
     try:
         yield ray
     finally:
@@ -121,6 +121,12 @@ class ActorPool:
     num_gpus: float
     device: str
     threads: int
+
+    def strategy(self, ray: Any) -> Any:
+        """The Ray Data ActorPoolStrategy of this pool."""
+        if isinstance(self.size, tuple):
+            return ray.data.ActorPoolStrategy(min_size=self.size[0], max_size=self.size[1])
+        return ray.data.ActorPoolStrategy(size=self.size)
 
 
 def plan_actors(settings: Settings, resources: dict[str, float], *, local: bool) -> ActorPool:
@@ -188,8 +194,14 @@ def _present(value: Any) -> np.ndarray | None:
     return None if value is None or value.size == 0 else value
 
 
+def _strings(values: list[str | None]) -> list[str]:
+    # Optional strings travel as "" for None: Arrow turns a block's all-None column into float NaNs,
+    # and those into "nan" strings when blocks merge. (No hash, path or error is empty; an empty caption is none.)
+    return [value or "" for value in values]
+
+
 def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
+    return str(value) or None
 
 
 def decode_batch(batch: dict[str, np.ndarray], *, reader: TaskReader) -> dict[str, Any]:
@@ -201,12 +213,12 @@ def decode_batch(batch: dict[str, np.ndarray], *, reader: TaskReader) -> dict[st
         loaded = list(pool.map(reader, jobs))
     return {
         "image_id": np.array([item.image_id for item in loaded], dtype=np.int64),
-        "content_hash": [item.content_hash for item in loaded],
-        "thumbnail": [item.thumbnail for item in loaded],
+        "content_hash": _strings([item.content_hash for item in loaded]),
+        "thumbnail": _strings([item.thumbnail for item in loaded]),
         "thumbnail_jpeg": [reader.thumbnails.get(item.thumbnail or "", b"") for item in loaded],
         "needs_caption": np.array([item.needs_caption for item in loaded], dtype=bool),
-        "error_code": [item.error_code for item in loaded],
-        "error": [item.error for item in loaded],
+        "error_code": _strings([item.error_code for item in loaded]),
+        "error": _strings([item.error for item in loaded]),
         "pixels": [_array(None if item.pixels is None else item.pixels.numpy()) for item in loaded],
         "rerank_pixels": [_array(None if item.rerank_pixels is None else item.rerank_pixels.numpy())
                           for item in loaded],
@@ -225,6 +237,9 @@ class BatchCache(EmbeddingCache):
 
     def __contains__(self, key: str) -> bool:
         return key in self.known or key in self.new
+
+    def __len__(self) -> int:
+        return len(self.new)
 
     def put_many(self, keys: list[str], vectors: np.ndarray) -> None:
         self.new.update(zip(keys, vectors))
@@ -269,11 +284,12 @@ class ClipActor:
         vectors = BatchCache(self.config.known)
         features = BatchCache(self.config.known) if self.config.features else None
         _embed_loaded(loaded, self.embedder, Caches(vectors, features), EmbedCounts())
-        new_vectors, new_features = vectors.new, features.new if features else {}
+        new_vectors, new_features = vectors.new, features.new if features is not None else {}
         return {
-            "image_id": batch["image_id"], "content_hash": batch["content_hash"], "thumbnail": batch["thumbnail"],
-            "thumbnail_jpeg": batch["thumbnail_jpeg"], "error_code": batch["error_code"], "error": batch["error"],
-            "caption": [item.caption for item in loaded],
+            "image_id": batch["image_id"], "content_hash": _strings([item.content_hash for item in loaded]),
+            "thumbnail": _strings([item.thumbnail for item in loaded]), "thumbnail_jpeg": batch["thumbnail_jpeg"],
+            "error_code": _strings([item.error_code for item in loaded]),
+            "error": _strings([item.error for item in loaded]), "caption": _strings([item.caption for item in loaded]),
             "vector": [_array(new_vectors.get(f"img:{item.content_hash}")) for item in loaded],
             "feature": [_array(new_features.get(f"rr:{item.content_hash}")) for item in loaded],
             "pid": np.full(len(loaded), self.pid, dtype=np.int64),
@@ -283,7 +299,7 @@ class ClipActor:
 def _write_thumbnails(thumb_root: Path, batch: dict[str, np.ndarray]) -> None:
     """The thumbnails the tasks made, written like ImageReader writes them (temp file, rename)."""
     for rel, data in zip(batch["thumbnail"], batch["thumbnail_jpeg"]):
-        if rel is None or not len(data):
+        if not rel or not len(data):
             continue
         path = thumb_root / str(rel)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -345,7 +361,7 @@ def embed_images_ray(jobs: list[ImageJob], reader: ImageReader, embedder: Embedd
                    .map_batches(decode_batch, fn_kwargs={"reader": create_task_reader(reader, known)},
                                 batch_size=batch_size, batch_format="numpy")
                    .map_batches(ClipActor, fn_constructor_kwargs={"config": config}, batch_size=batch_size,
-                                batch_format="numpy", concurrency=pool.size, num_cpus=pool.num_cpus,
+                                batch_format="numpy", compute=pool.strategy(ray), num_cpus=pool.num_cpus,
                                 num_gpus=pool.num_gpus))
         bar = tqdm(total=len(jobs), desc="embedding images (ray)", unit="img", disable=not progress)
         pids: set[int] = set()
@@ -369,8 +385,8 @@ def embed_images_ray(jobs: list[ImageJob], reader: ImageReader, embedder: Embedd
 def _catalens_cause(exc: BaseException) -> CatalensError | None:
     """The Catalens error a task or actor raised (a model that will not load), inside Ray's wrappers."""
     seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, CatalensError):
+    for _ in range(8):  # Ray nests a few wrappers; never follow a chain for ever
+        if seen is None or isinstance(seen, CatalensError):
             return seen
         seen = getattr(seen, "cause", None) or seen.__cause__
     return None

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from catalens import artifacts
 from catalens.config import Settings, set_threads
@@ -79,6 +79,8 @@ class BuildOptions:
     # Images that failed in an earlier build are dead letters: read again only when their
     # product is upserted, their source changes, or a build asks for it here.
     retry_failed: bool = False
+    engine: Literal["local", "ray"] = "local"  # ray: decode and embed images on Ray Data (extra catalens[ray])
+    ray_address: str | None = None  # engine ray: None/'local' starts one here, 'auto' or ray://HOST:PORT joins one
 
 
 @contextlib.contextmanager
@@ -175,8 +177,14 @@ def _run_stages(settings: Settings, options: BuildOptions, sessions: Sessions, e
                              rerank_preprocess=embedder.separate_rerank_preprocess(),
                              roots=build_roots(settings, catalog=options.catalog, images_root=options.images_root,
                                                full=options.full and options.catalog is not None))
-        embed_images(jobs, reader, embedder, caches, sessions=sessions, version_id=version_id, counts=counts,
-                     batch_size=settings.batch_size, workers=settings.decode_workers, progress=options.progress)
+        if options.engine == "ray":
+            from indexer.ray_engine import embed_images_ray
+
+            embed_images_ray(jobs, reader, embedder, caches, sessions=sessions, version_id=version_id, counts=counts,
+                             batch_size=settings.batch_size, progress=options.progress, address=options.ray_address)
+        else:
+            embed_images(jobs, reader, embedder, caches, sessions=sessions, version_id=version_id, counts=counts,
+                         batch_size=settings.batch_size, workers=settings.decode_workers, progress=options.progress)
         embed_texts(texts, embedder, cache, counts, batch_size=settings.batch_size)
         summary.images_ok, summary.images_failed = counts.images_ok, counts.images_failed
         summary.embedded, summary.cached, summary.texts_embedded = counts.embedded, counts.cached, counts.texts_embedded

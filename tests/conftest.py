@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,7 +56,7 @@ def reranker(encoder):
 
 
 @pytest.fixture(scope="session")
-def sample_index(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory, encoder, reranker) -> SampleIndex:
+def sqlite_sample_index(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory, encoder, reranker) -> SampleIndex:
     from catalens.config import Settings
     from indexer.embedder import Embedder
     from indexer.runner import BuildOptions, build_index
@@ -67,19 +69,23 @@ def sample_index(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory, enc
 
 
 @pytest.fixture(scope="session")
-def searcher(sample_index: SampleIndex, encoder, reranker):
+def sample_index(sqlite_sample_index: SampleIndex) -> SampleIndex:
+    """The sample catalog built with the bundled models (SQLite); a module may override it."""
+    return sqlite_sample_index
+
+
+def _searcher_on(index: SampleIndex, encoder: Any, reranker: Any) -> Any:
     from catalens.config import Settings
     from catalens.db import create_db_engine, create_session_factory
     from retrieval.searcher import Searcher
 
-    settings = Settings(index_dir=sample_index.index_dir, threads=1)
+    settings = Settings(index_dir=index.index_dir, database_url=index.database_url, threads=1)
     s = Searcher(settings, create_session_factory(create_db_engine(settings.db_url)), encoder, reranker=reranker)
     s.reload()
     return s
 
 
-@pytest.fixture(scope="session")
-def client(sample_index: SampleIndex, searcher) -> Iterator:
+def _client_on(searcher: Any) -> Iterator:
     from fastapi.testclient import TestClient
 
     from retrieval.app import create_app
@@ -88,6 +94,56 @@ def client(sample_index: SampleIndex, searcher) -> Iterator:
                      searcher=searcher)
     with TestClient(app, raise_server_exceptions=False) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def searcher(sqlite_sample_index: SampleIndex, encoder, reranker):
+    return _searcher_on(sqlite_sample_index, encoder, reranker)
+
+
+@pytest.fixture(scope="session")
+def client(searcher) -> Iterator:
+    yield from _client_on(searcher)
+
+
+# --- PostgreSQL: a real server for the tests that run on both catalogs of record ----------------
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A throwaway PostgreSQL server on 127.0.0.1 (bench/engines.py), for the whole session.
+
+    Skipped only where PostgreSQL is not installed and this is not CI (`make test` installs it).
+    """
+    from bench.engines import postgres_bindir, postgres_server
+
+    if postgres_bindir() is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed: `make test` installs Debian's postgresql")
+        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+    with postgres_server() as pg:
+        yield pg
+
+
+@pytest.fixture(scope="session")
+def pg_sample_index(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory, encoder, reranker,
+                    postgres) -> SampleIndex:
+    """The sample index again, its catalog of record in PostgreSQL."""
+    from catalens.config import Settings
+    from indexer.embedder import Embedder
+    from indexer.runner import BuildOptions, build_index
+
+    index_dir = tmp_path_factory.mktemp("pg-index")
+    url = postgres.create()
+    settings = Settings(index_dir=index_dir, database_url=url, threads=1)
+    build_index(settings, BuildOptions(catalog=sample_dir / "catalog.csv", progress=False), encoder=encoder,
+                embedder=Embedder(encoder, reranker=reranker))
+    return SampleIndex(sample_dir, index_dir, url)
+
+
+@pytest.fixture(scope="session")
+def pg_client(pg_sample_index: SampleIndex, encoder, reranker) -> Iterator:
+    yield from _client_on(_searcher_on(pg_sample_index, encoder, reranker))
 
 
 @pytest.fixture(scope="module")

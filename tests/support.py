@@ -25,6 +25,7 @@ CATALENS = str(Path(sys.executable).parent / "catalens")
 class SampleIndex:
     sample_dir: Path
     index_dir: Path
+    database_url: str | None = None  # None: SQLite in the index folder
 
     @property
     def catalog(self) -> Path:

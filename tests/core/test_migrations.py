@@ -12,9 +12,16 @@ from catalens.schema import Base
 from tests.support import run_cli
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each backend the schema must hold on."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgres").create()
+    return f"sqlite:///{tmp_path / 'm.db'}"
+
+
 @pytest.mark.reliability
-def test_row18_upgrade_downgrade_upgrade(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'm.db'}"
+def test_row18_upgrade_downgrade_upgrade(url: str) -> None:
     upgrade_database(url)
     engine = create_db_engine(url)
     assert set(inspect(engine).get_table_names()) >= set(Base.metadata.tables)
@@ -24,11 +31,10 @@ def test_row18_upgrade_downgrade_upgrade(tmp_path: Path) -> None:
     assert set(inspect(engine).get_table_names()) >= set(Base.metadata.tables)
 
 
-def test_migrations_match_the_models(tmp_path: Path) -> None:
+def test_migrations_match_the_models(url: str) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    url = f"sqlite:///{tmp_path / 'm.db'}"
     upgrade_database(url)
     with create_db_engine(url).connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)

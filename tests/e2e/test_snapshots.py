@@ -42,9 +42,17 @@ KEY = "snapshot-admin-key"
 QUERIES = ["red mug", "striped t-shirt", "blue cushion", "green tote bag", "yellow lamp"]
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The whole version model runs on both catalogs of record."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, encoder: Any) -> tuple[list[dict[str, str]], Path]:
-    """60 sample products; a built index of the first 50 (availability given for some)."""
+def world(tmp_path_factory: pytest.TempPathFactory, encoder: Any, backend: str,
+          request: pytest.FixtureRequest) -> tuple[list[dict[str, str]], Path]:
+    """60 sample products; a built index of the first 50 (availability given for some). On
+    PostgreSQL its catalog of record is a template database each test copies."""
     from sampledata.catalog import write_sample_catalog
 
     out = tmp_path_factory.mktemp("snapshot-world")
@@ -53,14 +61,22 @@ def world(tmp_path_factory: pytest.TempPathFactory, encoder: Any) -> tuple[list[
     for i, row in enumerate(rows):  # the catalog file takes the spellings shops write
         row["availability"] = "out_of_stock" if i % 5 == 0 else "In stock"
     index_dir = out / "idx"
-    build_in_process(index_dir, write_rows(out / "first.csv", rows[:50]), encoder)
+    with pytest.MonkeyPatch.context() as env:
+        if backend == "postgresql":
+            env.setenv("CATALENS_DATABASE_URL", request.getfixturevalue("postgres").create(f"world_{os.getpid()}"))
+        build_in_process(index_dir, write_rows(out / "first.csv", rows[:50]), encoder)
     return rows, index_dir
 
 
 @pytest.fixture()
-def index(world: tuple[list[dict[str, str]], Path], tmp_path: Path) -> Path:
+def index(world: tuple[list[dict[str, str]], Path], tmp_path: Path, backend: str, request: pytest.FixtureRequest,
+          monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the world's index (and, on PostgreSQL, of its database: CATALENS_DATABASE_URL for the test)."""
     dst = tmp_path / "idx"
     shutil.copytree(world[1], dst)
+    if backend == "postgresql":
+        pg = request.getfixturevalue("postgres")
+        monkeypatch.setenv("CATALENS_DATABASE_URL", pg.create(template=f"world_{os.getpid()}"))
     return dst
 
 
@@ -420,12 +436,13 @@ def test_100_live_updates_while_clients_query(server: Server, world: tuple[list[
 def test_a_job_cut_off_by_a_restart_runs_again(index: Path, world: tuple[list[dict[str, str]], Path],
                                               tmp_path: Path) -> None:
     """A batch accepted with 202 is not lost when the server dies mid-job: the next start runs it."""
+    from catalens.config import Settings
     from catalens.db import open_database
     from catalens.schema import AdminJob
 
     rows = world[0]
     ids = [r["product_id"] for r in rows[:3]]
-    engine, sessions = open_database(f"sqlite:///{index / 'catalens.db'}")
+    engine, sessions = open_database(Settings(index_dir=index).db_url)
     with sessions.begin() as session:  # what a killed server leaves: a job marked running, half done
         session.add(AdminJob(job_id="cut-off", kind="delete", status="running", total=3, done=1, payload=ids,
                              errors=[]))

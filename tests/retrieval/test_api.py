@@ -13,6 +13,22 @@ from PIL import Image
 from tests.support import SampleIndex
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every API test runs on both catalogs of record (a build writes either; search reads neither)."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def sample_index(sample_index: SampleIndex, backend: str, request: pytest.FixtureRequest) -> SampleIndex:
+    return request.getfixturevalue("pg_sample_index") if backend == "postgresql" else sample_index
+
+
+@pytest.fixture(scope="module")
+def client(client, backend: str, request: pytest.FixtureRequest):
+    return request.getfixturevalue("pg_client") if backend == "postgresql" else client
+
+
 def _attr(rows: list[dict[str, str]]) -> dict[str, dict[str, str]]:
     return {r["product_id"]: r for r in rows}
 
