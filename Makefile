@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: demo test test-fast install lint audit browser clean
+.PHONY: demo test test-fast install lint audit browser system clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,16 @@ install: $(STAMP)
 demo: install
 	$(BIN)/catalens demo --host $(HOST) --port $(PORT)
 
-# Chromium for the browser tests comes from Debian, never from `playwright install`.
+# What the tests run beside the project, from Debian: Chromium for the browser tests (never
+# `playwright install`), docker-compose to validate the compose file, and PostgreSQL, which the
+# tests start themselves (initdb + pg_ctl on 127.0.0.1, a temporary data dir, stopped at the end).
+system: browser
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null 2>&1 || { \
+		echo "installing Debian's postgresql for the PostgreSQL tests"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql \
+		 && (service postgresql stop >/dev/null 2>&1 || true)) \
+		|| echo "WARNING: could not install postgresql; the PostgreSQL tests will fail under CI"; }
+
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
 		echo "installing Debian's chromium for the browser tests"; \
@@ -45,8 +54,9 @@ lint: install
 audit: install
 	$(BIN)/python .ci/audit.py
 
-# The whole suite: real SQLite, FAISS, models, `catalens serve` processes, Chromium.
-test: install browser lint audit
+# The whole suite: real SQLite, PostgreSQL, Milvus (embedded server), FAISS, Ray, models,
+# `catalens serve` processes, Chromium.
+test: install system lint audit
 	$(BIN)/python -m pytest -q
 
 # Under a minute: no subprocesses, no browser.

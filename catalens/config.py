@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, description="the catalog of record: sqlite:///FILE or "
                                      "postgresql+psycopg://user@host:port/db (default: SQLite in index_dir)")
     vector_store: str = Field(default="faiss", description="where search reads vectors: faiss (files in each "
-                              "index version) or milvus://host:19530 (a collection per version)")
+                              "index version) or milvus://host:19530[/database] (a collection per version)")
     engine_timeout_s: float = Field(default=5.0, gt=0, le=120, description="how long a request waits for "
                                     "PostgreSQL or Milvus before answering 503")
     model: str = DEFAULT_MODEL

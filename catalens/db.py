@@ -42,8 +42,8 @@ def _typed_server_errors(context: Any) -> None:
     """A lost or refused connection -> DatabaseUnavailableError (a 503 to retry), with one line saying where."""
     if not (context.is_disconnect or _is_connect_failure(context.original_exception)):
         return
-    url = context.engine.url if context.engine is not None else "the database"
-    where = f"{url.host}:{url.port}/{url.database}" if hasattr(url, "host") else str(url)
+    url = context.engine.url if context.engine is not None else None
+    where = f"{url.host}:{url.port}/{url.database}" if url is not None else "the database"
     reason = str(context.original_exception).strip().splitlines()[0][:200] if context.original_exception else ""
     raise DatabaseUnavailableError(f"the database at {where} is unreachable ({reason}); retry shortly") \
         from context.sqlalchemy_exception

@@ -127,3 +127,15 @@ class AdminJob(Base):
     errors: Mapped[list[str] | None] = mapped_column(JSON, default=list, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class VectorCollection(Base):
+    """An index version held in an external vector store (Milvus): the change its collection was
+    made at (base_seq) and the last live change applied to it. No row: not (fully) there."""
+
+    __tablename__ = "vector_collections"
+
+    version_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    base_seq: Mapped[int] = mapped_column(Integer, default=0)
+    applied_seq: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

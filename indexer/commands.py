@@ -59,9 +59,11 @@ def _edit_context(settings: Settings) -> EditContext:
 
 
 def _then_compact(args: argparse.Namespace, ctx: EditContext, text: str) -> str:
-    """Fold the live changes into a new snapshot once CATALENS_COMPACT_AFTER are pending."""
-    from indexer.live import compact, compact_due
+    """Apply the edit to Milvus when it holds the vectors, and fold the live changes into a new
+    snapshot once CATALENS_COMPACT_AFTER are pending."""
+    from indexer.live import compact, compact_due, sync_vector_store
 
+    text += sync_vector_store(ctx)
     if not compact_due(ctx):
         return text
     result = compact(ctx)

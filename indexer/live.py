@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select, update
 
-from catalens import artifacts, changes
+from catalens import artifacts, changes, milvus_store
 from catalens.changes import LiveVectors
 from catalens.config import Settings
 from catalens.db import Sessions, open_database
 from catalens.editing import CompactSummary, DeleteSummary, PatchSummary, UpsertSummary
 from catalens.encoder import ClipEncoder, ModelSpec, load_clip
-from catalens.errors import InvalidInputError, NotFoundError
+from catalens.errors import IndexArtifactError, InvalidInputError, NotFoundError, VectorStoreUnavailableError
 from catalens.images import resolve_roots
 from catalens.records import ProductRecord, normalize_availability, record_of
 from catalens.reranker import Reranker, load_reranker
@@ -317,6 +317,22 @@ def delete_products(ctx: EditContext, product_ids: list[str]) -> DeleteSummary:
 def compact(ctx: EditContext, *, keep: int = 3) -> CompactSummary:
     """Fold the live changes into a new snapshot (indexer.compaction); edits go on meanwhile."""
     return compact_snapshot(ctx.settings, keep=keep)
+
+
+def sync_vector_store(ctx: EditContext) -> str:
+    """Apply logged changes to the active version's Milvus collection now (servers do it on their
+    next poll too); '' when done or when FAISS holds the vectors, else a note that it waits."""
+    if not ctx.settings.milvus:
+        return ""
+    state = artifacts.read_active_state(ctx.settings.index_dir)
+    if state is None:
+        return ""
+    try:
+        milvus_store.sync(milvus_store.MilvusStore(ctx.settings.vector_store, timeout_s=ctx.settings.engine_timeout_s),
+                          ctx.db(), state.version_id)
+    except (VectorStoreUnavailableError, IndexArtifactError) as exc:
+        return f"\nlogged, not yet in Milvus ({exc.message}); a server's next poll applies it"
+    return ""
 
 
 def compact_due(ctx: EditContext) -> bool:

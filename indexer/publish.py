@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from catalens import artifacts, changes
+from catalens import artifacts, changes, milvus_store
 from catalens.config import Settings
 from catalens.db import Sessions, open_database, refresh_statistics
 from catalens.errors import CatalensError, InsufficientStorageError, PublishRefusedError
@@ -109,13 +109,31 @@ def publish(settings: Settings, sessions: Sessions, manifest: artifacts.Manifest
     """Promote the staged version, make it active with the live changes after its watermark over it
     (atomic pointer swap), prune, record it 'ready' and drop the change log it holds."""
     artifacts.promote_staging(settings.index_dir, manifest.version_id, staging)
+    if settings.milvus:
+        to_vector_store(settings, sessions, manifest.version_id, since_seq=manifest.watermark)
     artifacts.set_active(settings.index_dir, manifest.version_id, since_seq=manifest.watermark)
-    artifacts.prune_versions(settings.index_dir, keep)
+    pruned = artifacts.prune_versions(settings.index_dir, keep)
+    if settings.milvus and pruned:
+        milvus_store.forget(_store(settings), sessions, pruned)
     with sessions.begin() as session:
         session.execute(update(IndexVersion).where(IndexVersion.version_id == manifest.version_id).values(
             status="ready", dim=manifest.dim, count=manifest.count, factory=manifest.factory, summary=summary))
         changes.prune(session, manifest.watermark)
     refresh_statistics(sessions)
+
+
+def _store(settings: Settings) -> milvus_store.MilvusStore:
+    # Filling a collection and loading it take longer than a query may wait.
+    return milvus_store.MilvusStore(settings.vector_store, timeout_s=max(settings.engine_timeout_s, 300.0))
+
+
+def to_vector_store(settings: Settings, sessions: Sessions, version_id: str, *, since_seq: int) -> None:
+    """Make a published version what Milvus serves (its collection filled from the version's files
+    unless it holds exactly that snapshot already), before the ACTIVE pointer moves to it."""
+    path = artifacts.versions_dir(settings.index_dir) / version_id
+    _, images, _ = artifacts.load_version(path)
+    milvus_store.activate(_store(settings), sessions, version_id, ProductTable.load(path / PRODUCTS), images,
+                          since_seq=since_seq)
 
 
 def fail(settings: Settings, sessions: Sessions, version_id: str, exc: BaseException) -> None:
@@ -162,8 +180,10 @@ def rollback(settings: Settings, target: str | None = None) -> tuple[str, str | 
             with sessions.begin() as session:
                 restore(session, table.all_records())
                 since = changes.last_seq(session)
-            # Killed between the two steps: the catalog of record is already the target's and a
+            # Killed between the steps: the catalog of record is already the target's and a
             # rerun finishes the swap.
+            if settings.milvus:
+                to_vector_store(settings, sessions, target, since_seq=since)
             artifacts.set_active(settings.index_dir, target, since_seq=since)
             refresh_statistics(sessions)
         finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import os
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -70,8 +71,6 @@ def ray_session(address: str | None) -> Iterator[Any]:
     if ray.is_initialized():  # the caller's Ray (a notebook, a test): used, and left running
         yield ray
         return
-    import os
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Ray Client warns before it raises; the error below says it in one line
@@ -132,6 +131,8 @@ class ActorPool:
 def plan_actors(settings: Settings, resources: dict[str, float], *, local: bool) -> ActorPool:
     """GPU actors (one GPU each) when cuda is asked for or found; else CPU actors sized to the cluster."""
     gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 1))
+    if settings.device == "cuda" and not gpus:  # a GPU actor there could never be scheduled: the build would hang
+        raise ConfigError("--device cuda: the Ray cluster has no GPU (use --device auto or cpu)")
     if settings.device == "cuda" or (settings.device == "auto" and gpus):
         return ActorPool(size=(1, max(1, gpus)), num_cpus=1, num_gpus=1, device="cuda", threads=1)
     if local:
@@ -257,29 +258,40 @@ def _loaded_from(batch: dict[str, np.ndarray], i: int) -> LoadedImage:
                        error_code=_text(batch["error_code"][i]), error=_text(batch["error"][i]))
 
 
+def load_actor_embedder(config: ActorConfig) -> Embedder:
+    """The CLIP (and reranker) an actor embeds with, refused unless it is exactly the driver's."""
+    from catalens.config import set_threads
+    from catalens.encoder import load_clip
+    from catalens.reranker import load_reranker
+
+    set_threads(config.threads)
+    encoder = load_clip(config.spec, device=config.device)
+    reranker = load_reranker(config.reranker, clip=encoder, device=encoder.device) if config.reranker else None
+    # A worker with other weights (another node's install) would fill the caches with wrong vectors.
+    if encoder.model_id != config.model_id or (reranker and reranker.reranker_id != config.reranker_id):
+        raise ModelLoadError(f"a Ray worker loaded {encoder.model_id!r}, not the build's {config.model_id!r} "
+                             "(or another reranker): install the same Catalens and models on every node")
+    return Embedder(encoder, reranker=reranker)
+
+
 class ClipActor:
     """Loads CLIP (and the reranker the build needs) once per actor; embeds decoded batches."""
 
     def __init__(self, config: ActorConfig) -> None:
-        import os
-
-        from catalens.config import set_threads
-        from catalens.encoder import load_clip
-        from catalens.reranker import load_reranker
-
-        set_threads(config.threads)
-        encoder = load_clip(config.spec, device=config.device)
-        reranker = load_reranker(config.reranker, clip=encoder, device=encoder.device) if config.reranker else None
-        # A worker with other weights (another node's install) would fill the caches with wrong vectors.
-        if encoder.model_id != config.model_id or (reranker and reranker.reranker_id != config.reranker_id):
-            raise ModelLoadError(f"a Ray worker loaded {encoder.model_id!r}, not the build's {config.model_id!r} "
-                                 "(or another reranker): install the same Catalens and models on every node")
         self.config = config
-        self.embedder = Embedder(encoder, reranker=reranker)
         self.pid = os.getpid()
+        self.failure: CatalensError | None = None
+        try:
+            self.embedder = load_actor_embedder(config)
+        except CatalensError as exc:
+            # Ray keeps only the text of an error raised while an actor starts; raised from a call,
+            # it reaches the driver whole (typed: one line on the command line).
+            self.failure = exc
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         """CLIP vectors, reranker features and captions of the batch's images the caches miss."""
+        if self.failure is not None:
+            raise self.failure
         loaded = [_loaded_from(batch, i) for i in range(len(batch["image_id"]))]
         vectors = BatchCache(self.config.known)
         features = BatchCache(self.config.known) if self.config.features else None
@@ -355,7 +367,9 @@ def embed_images_ray(jobs: list[ImageJob], reader: ImageReader, embedder: Embedd
                              reranker=reader.settings.reranker if reranker else None,
                              reranker_id=reranker.reranker_id if reranker else None,
                              features=caches.features is not None)
-        ray.data.DataContext.get_current().enable_progress_bars = False  # ours below counts what is stored
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = context.print_on_execution_start = False  # ours below counts what is stored
+        context.raise_original_map_exception = True  # a Catalens error from a task or actor, not its text only
         items = [{"image_id": j.image_id, "source": j.source, "needs_caption": j.needs_caption} for j in jobs]
         results = (ray.data.from_items(items)
                    .map_batches(decode_batch, fn_kwargs={"reader": create_task_reader(reader, known)},
@@ -383,10 +397,14 @@ def embed_images_ray(jobs: list[ImageJob], reader: ImageReader, embedder: Embedd
 
 
 def _catalens_cause(exc: BaseException) -> CatalensError | None:
-    """The Catalens error a task or actor raised (a model that will not load), inside Ray's wrappers."""
+    """The Catalens error a task or actor raised (a model that will not load), inside Ray's wrappers
+    (which subclass it, but print a remote traceback: the innermost one is the error itself)."""
+    found: CatalensError | None = None
     seen: BaseException | None = exc
     for _ in range(8):  # Ray nests a few wrappers; never follow a chain for ever
-        if seen is None or isinstance(seen, CatalensError):
-            return seen
+        if seen is None:
+            break
+        if isinstance(seen, CatalensError):
+            found = seen
         seen = getattr(seen, "cause", None) or seen.__cause__
-    return None
+    return found

@@ -85,6 +85,8 @@ def follow_changes(searcher: Searcher) -> None:
         searcher.catch_up()
     except CatalensError as exc:
         LOG.warning("index not (re)loaded: %s", exc.message)
+    except Exception:  # the watch must outlive any engine's bad moment
+        LOG.exception("looking for index changes failed; trying again at the next poll")
 
 
 def prepare_editor(editor: CatalogEditor) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 from cachetools import LRUCache
 from sqlalchemy.orm import Session, sessionmaker
 
-from catalens import artifacts, changes
+from catalens import artifacts, changes, milvus_store
 from catalens.changes import LiveVectors
 from catalens.config import Settings
 from catalens.encoder import QueryEncoder
@@ -193,6 +193,9 @@ class Searcher:
         self._text_cache: LRUCache[str, np.ndarray] = LRUCache(maxsize=max(1, settings.text_cache_size))
         self._cache_lock = threading.Lock()
         self._facets: tuple[int, str, dict[str, Any]] | None = None
+        # Milvus holds the vectors (snapshot and live changes) when configured; else the view's FAISS.
+        self.store = milvus_store.MilvusStore(settings.vector_store, timeout_s=settings.engine_timeout_s) \
+            if settings.milvus else None
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -239,6 +242,8 @@ class Searcher:
         """
         snap, since_seq = load_snapshot(self.settings, self.encoder,
                                         self.reranker.reranker_id if self.reranker else None)
+        if self.store is not None:  # Milvus first: what the live layer shows, its collection holds
+            milvus_store.sync(self.store, self.sessions, snap.version_id)
         with self.sessions() as session:
             live = LiveLayer(since_seq).apply(changes.since(session, since_seq), snap)
         with self._swap_lock:
@@ -264,6 +269,8 @@ class Searcher:
         view = self._view
         if view is None:
             return 0
+        if self.store is not None:
+            milvus_store.sync(self.store, self.sessions, view.version_id)
         with self.sessions() as session:
             new = changes.since(session, view.live.seq)
         if not new:
@@ -448,12 +455,20 @@ class Searcher:
         timings = {"encode": encode_s}
         query = vec[None, :].astype(np.float32)
         want = k + (exclude is not None)
+        if self.store is not None:
+            return self._finish(view, self._search_milvus(view, query[0], want, filters, timings, exclude),
+                                k, exclude, timings)
         best = self._search_snapshot(view, query, want, filters, timings)
         if len(view.live.ids):
             t0 = time.perf_counter()
             for pk, score, pos, vid in view.live.search(query[0], filters, want):
                 best.append((score, pk, -1, pos, vid))
             timings["live"] = time.perf_counter() - t0
+        return self._finish(view, best, k, exclude, timings)
+
+    def _finish(self, view: View, best: list[tuple[float, int, int, int, int]], k: int, exclude: int | None,
+                timings: dict[str, float]) -> SearchOutcome:
+        """Best first, the excluded product out, k hits with their records (snapshot rows or live records)."""
         best.sort(key=lambda b: -b[0])
         best = [b for b in best if b[1] != exclude][:k]
         t0 = time.perf_counter()
@@ -499,6 +514,39 @@ class Searcher:
                 break
             fetch = min(limit, fetch * 4)
         return list(best.values())
+
+    def _search_milvus(self, view: View, query: np.ndarray, want: int, filters: Filters, timings: dict[str, float],
+                       exclude: int | None) -> list[tuple[float, int, int, int, int]]:
+        """(score, pk, snapshot row or -1, image position, vector id) of the best `want` products from
+        Milvus, whose collection holds the snapshot and the live changes; filters run inside it.
+
+        A product Milvus returns that this server's live layer has changed since (a poll behind
+        an edit) is judged by the record it shows: deleted or no longer passing, it is dropped.
+        """
+        assert self.store is not None
+        snap, live = view.snap, view.live
+        expr = milvus_store.filter_expr(filters, exclude)
+        per_product = len(snap.products.vector_ids) / max(1, len(snap.products))
+        fetch = max(FILTERED_MIN_FETCH, math.ceil(FILTERED_FETCH_FACTOR * want * per_product))
+        best: dict[int, tuple[float, int, int, int, int]] = {}
+        while True:
+            t0 = time.perf_counter()
+            found = self.store.search(view.version_id, query, fetch, expr)
+            timings["ann"] = timings.get("ann", 0.0) + time.perf_counter() - t0
+            best = {}
+            for score, vid, pk, pos in found:
+                if pk in best or pk in live.deleted:
+                    continue
+                record = live.records.get(pk)
+                row = snap.products.row(pk) if record is None else -1
+                if (record is None and row < 0) or (record is not None and not filters.matches(record)):
+                    continue  # new to Milvus, not yet to this server's live layer; or changed since
+                best[pk] = (score, pk, row, pos, vid)
+                if len(best) >= want:
+                    break
+            if len(best) >= want or len(found) < fetch or fetch >= milvus_store.MAX_TOPK:
+                return list(best.values())
+            fetch = min(milvus_store.MAX_TOPK, fetch * 4)
 
     def _allowed_vector_ids(self, view: View, filters: Filters) -> np.ndarray:
         """Ids (int64, sorted) of the snapshot's vectors that pass the filters and the live layer leaves visible.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 import time
 from typing import Annotated, Any, Literal
 
@@ -12,13 +13,15 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from catalens.editing import CatalogEditor
-from catalens.errors import ForbiddenError, UnauthorizedError
+from catalens.errors import DatabaseError, ForbiddenError, UnauthorizedError, VectorStoreUnavailableError
 from catalens.records import Availability, normalize_availability
 from catalens.validation import attribute_problem, product_id_problem
 from retrieval.deps import EditorDep, JobsDep, SearcherDep, SettingsDep
 from retrieval.jobs import JobRunner
 from retrieval.schemas import Text, error_responses, require_finite
 from retrieval.searcher import Searcher
+
+LOG = logging.getLogger(__name__)
 
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <CATALENS_API_KEY>")
 _header_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="the server's CATALENS_API_KEY")
@@ -180,8 +183,15 @@ def _accepted(jobs: JobRunner, job_id: str) -> JSONResponse:
 
 
 def _applied(searcher: Searcher, jobs: JobRunner | None, editor: CatalogEditor, seq: int) -> bool:
-    """Apply the new changes to this server's view now; start a compaction once enough are pending."""
-    visible = searcher.catch_up() >= seq
+    """Apply the new changes to this server's view now; start a compaction once enough are pending.
+
+    The edit is committed already: an engine that fails here (Milvus down) makes it not yet
+    visible, never a 503 that would have the client send it again."""
+    try:
+        visible = searcher.catch_up() >= seq
+    except (VectorStoreUnavailableError, DatabaseError) as exc:
+        LOG.warning("edit %d is logged but not yet applied here: %s", seq, exc.message)
+        visible = False
     if jobs is not None and editor.compact_due():
         jobs.submit_compaction()
     return visible

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import os
 import re
+import shutil
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -95,29 +98,64 @@ def thumbnails(index_dir: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*.jpg")}
 
 
-def test_ray_build_publishes_what_the_local_build_does(
-        bad_world: Path, tmp_path: Path, encoder: Any, reranker: Any, caplog: pytest.LogCaptureFixture) -> None:
+class PidLog(logging.Handler):
+    """The actor pids the Ray engine logs at the end of its embed stage."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.pids: list[int] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.pids += [int(p) for p in re.findall(r"\d+", record.getMessage().partition("pids")[2])]
+
+
+@dataclass
+class Builds:
+    local_dir: Path
+    ray_dir: Path
+    local: Any  # BuildSummary
+    on_ray: Any
+    local_items: int  # what the driver's own model embedded (Embedder.items)
+    ray_items: int
+    actor_pids: list[int]
+    ray_left_running: bool
+
+
+@pytest.fixture(scope="module")
+def builds(bad_world: Path, tmp_path_factory: pytest.TempPathFactory, encoder: Any, reranker: Any) -> Builds:
+    """The same catalog built once by each engine, into separate index folders."""
     import ray
 
-    local_dir, ray_dir = tmp_path / "local", tmp_path / "ray"
-    local, local_embedder = build(local_dir, bad_world, encoder, reranker)
-    with caplog.at_level(logging.INFO, logger="indexer.ray_engine"):
-        on_ray, ray_embedder = build(ray_dir, bad_world, encoder, reranker, engine="ray")
+    root = tmp_path_factory.mktemp("ray-builds")
+    local, local_embedder = build(root / "local", bad_world, encoder, reranker)
+    log, handler = logging.getLogger("indexer.ray_engine"), PidLog()
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        on_ray, ray_embedder = build(root / "ray", bad_world, encoder, reranker, engine="ray")
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(logging.NOTSET)
+    return Builds(root / "local", root / "ray", local, on_ray, local_embedder.items, ray_embedder.items,
+                  handler.pids, ray.is_initialized())
 
-    # It ran on Ray: actors in other processes embedded every image, the driver's model only the texts,
-    # and the local Ray the build started is shut down again.
-    pids = [int(p) for p in re.findall(r"\d+", caplog.text.partition("pids")[2])]
-    assert pids and os.getpid() not in pids, caplog.text
-    assert on_ray.embedded == local.embedded > 0
-    assert local_embedder.items == local.embedded + local.texts_embedded
-    assert ray_embedder.items == on_ray.texts_embedded == local.texts_embedded
-    assert not ray.is_initialized()
 
+def test_ray_build_runs_on_ray_actors_and_shuts_its_ray_down(builds: Builds) -> None:
+    """Other processes embedded every image; the driver's model only the texts."""
+    assert builds.actor_pids and os.getpid() not in builds.actor_pids
+    assert builds.on_ray.embedded == builds.local.embedded > 0
+    assert builds.local_items == builds.local.embedded + builds.local.texts_embedded
+    assert builds.ray_items == builds.on_ray.texts_embedded == builds.local.texts_embedded
+    assert not builds.ray_left_running
+
+
+def test_ray_build_publishes_what_the_local_build_does(builds: Builds) -> None:
+    local, on_ray = builds.local, builds.on_ray
     for name in ("read", "indexed", "images_ok", "images_failed", "cached", "vectors", "texts_embedded"):
         assert getattr(on_ray, name) == getattr(local, name), name
     assert local.images_failed == 3
 
-    want, got = published(local_dir), published(ray_dir)
+    want, got = published(builds.local_dir), published(builds.ray_dir)
     assert sorted(got) == sorted(want) and len(want) == N_PRODUCTS
     for product_id, expected in want.items():
         actual = got[product_id]
@@ -129,16 +167,52 @@ def test_ray_build_publishes_what_the_local_build_does(
         for got_features, want_features in zip(actual["features"], expected["features"]):
             assert np.allclose(got_features, want_features, atol=1e-2), product_id  # stored as fp16
 
-    errors = ingest_errors(ray_dir)
-    assert errors == ingest_errors(local_dir)
+
+def test_ray_build_records_bad_images_and_thumbnails_as_the_local_build_does(builds: Builds) -> None:
+    errors = ingest_errors(builds.ray_dir)
+    assert errors == ingest_errors(builds.local_dir)
     assert {code for _, _, code, _ in errors} == {"unsupported_image", "payload_too_large", "image_fetch_failed"}
-    assert thumbnails(ray_dir) == thumbnails(local_dir) and len(thumbnails(local_dir)) == local.images_ok
+    thumbs = thumbnails(builds.local_dir)
+    assert thumbnails(builds.ray_dir) == thumbs and len(thumbs) == builds.local.images_ok
 
 
-def test_ray_build_embeds_nothing_cached(bad_world: Path, tmp_path: Path, encoder: Any, reranker: Any) -> None:
-    """A second Ray build over the same index reads the images but runs none through the model."""
-    index_dir = tmp_path / "index"
-    first, _ = build(index_dir, bad_world, encoder, reranker, engine="ray")
-    again, _ = build(index_dir, bad_world, encoder, reranker, engine="ray")
-    assert first.embedded > 0
-    assert again.embedded == 0 and again.cached == first.images_ok == again.images_ok
+def test_ray_rebuild_on_a_running_ray_embeds_nothing_cached(builds: Builds, tmp_path: Path, bad_world: Path,
+                                                            encoder: Any, reranker: Any) -> None:
+    """On the caller's Ray (used, left running), a rebuild reads the images but runs none through the model."""
+    import ray
+
+    index_dir = shutil.copytree(builds.ray_dir, tmp_path / "index")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    try:
+        again, _ = build(index_dir, bad_world, encoder, reranker, engine="ray")
+        assert ray.is_initialized()
+    finally:
+        ray.shutdown()
+    assert again.embedded == 0 and again.cached == again.images_ok == builds.on_ray.images_ok
+    assert published(index_dir).keys() == published(builds.ray_dir).keys()
+
+
+def test_cli_refuses_a_bad_ray_address_in_one_line(bad_world: Path, tmp_path: Path) -> None:
+    from tests.support import run_cli
+
+    for flags, message in ((["--engine", "ray", "--ray-address", "http://head:10001"], "expected 'auto'"),
+                           (["--ray-address", "auto"], "--ray-address needs --engine ray")):
+        result = run_cli("index", "build", "--catalog", str(bad_world), "--index-dir", str(tmp_path), *flags)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+        assert not (tmp_path / "catalens.db").exists()  # refused before the build started
+
+
+def test_ray_worker_with_other_weights_fails_the_build_with_a_typed_error(bad_world: Path, tmp_path: Path,
+                                                                          encoder: Any) -> None:
+    """An actor whose model is not the driver's (another node's install) must not fill the caches."""
+    from catalens.config import Settings
+    from catalens.errors import ModelLoadError
+    from indexer.runner import BuildOptions, build_index
+
+    other = dataclasses.replace(encoder, model_id=f"{encoder.model_id}-retrained")
+    settings = Settings(index_dir=tmp_path, threads=1, batch_size=BATCH, reranker="none")
+    with pytest.raises(ModelLoadError, match="a Ray worker loaded") as caught:
+        build_index(settings, BuildOptions(catalog=bad_world, progress=False, engine="ray"), encoder=other)
+    assert "\n" not in caught.value.message
+    assert not (tmp_path / "ACTIVE").exists()
