@@ -14,7 +14,7 @@ COPY training ./training
 COPY bench ./bench
 COPY cli ./cli
 COPY migrations ./migrations
-RUN pip install .
+RUN pip install ".[postgres,milvus,ray]"
 
 EXPOSE 8000
 HEALTHCHECK CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz')"

@@ -69,6 +69,10 @@ def query_text(r: QueryBench, files: dict[str, str]) -> str:
         else:
             lines.append(f"  {key:<14}{s['qps']:>9.1f}{s['p50_ms'] or 0:>9.1f}{s['p95_ms'] or 0:>9.1f}"
                          f"{s['p99_ms'] or 0:>9.1f}{s['errors']:>8}")
+    for engine, stats in (r.by_engine or {}).items():
+        lines.append(f"  {engine}: " + ", ".join(
+            f"{key} {s['qps']:.0f} qps p50 {s['p50_ms']:.1f} p99 {s['p99_ms']:.1f} ms ({s['errors']} errors)"
+            for key, s in stats.items() if s and key in ("text", "text_filtered", "similar")))
     for runtime, stats in (r.by_runtime or {}).items():
         lines.append(f"  runtime {runtime}: " + ", ".join(
             f"{key} p50 {s['p50_ms']:.1f} ms" for key, s in stats.items() if s and key in ("single_text_uncached",
@@ -123,7 +127,7 @@ def cmd_bench_query(args: argparse.Namespace, settings: Settings) -> int:
                            duration=args.duration, warmup=args.warmup, k=args.k, server_threads=args.server_threads,
                            query_pool=args.query_pool, zipf_exponent=args.zipf, rebuild=args.rebuild,
                            server_timeout=args.server_timeout, render_workers=args.render_workers,
-                           runtimes=args.runtimes, log=_log(args))
+                           runtimes=args.runtimes, engines=args.engines, log=_log(args))
     data = _write(args, f"query-{model_slug(result.model)}-n{result.n}-c{result.concurrency}", result, plot_query)
     emit(args, data, query_text(result, data["files"]))
     return 0
@@ -198,6 +202,16 @@ def _runtimes(text: str) -> list[str]:
     return names
 
 
+def _engines(text: str) -> list[str]:
+    from bench.query import ENGINES
+
+    names = _names(text)
+    bad = [n for n in names if n not in ENGINES]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"engines are {', '.join(ENGINES)}, comma-separated; got {text!r}")
+    return names
+
+
 def _names(text: str) -> list[str]:
     return [x.strip().lower() for x in text.split(",") if x.strip()]
 
@@ -250,6 +264,12 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--runtimes", type=_runtimes, default=["auto"],
                    help="query-time CLIP runtimes, each its own server, side by side: e.g. torch,onnx "
                         "(the first one's figures are the top-level keys)")
+    p.add_argument("--engines", type=_engines, default=["faiss+sqlite"],
+                   help="vector store + catalog of record pairs, each its own server on the same catalog, side by "
+                        "side: faiss+sqlite, milvus+postgresql, faiss+postgresql, milvus+sqlite (PostgreSQL and "
+                        "Milvus: --database-url / --vector-store, else local servers started for the run)")
+    p.add_argument("--database-url", default=None, help="PostgreSQL for the +postgresql pairs (default: a local one)")
+    p.add_argument("--vector-store", default=None, help="Milvus for the milvus+ pairs (default: a local one)")
     _bench_flags(p, model=True)
     p.set_defaults(handler=cmd_bench_query)
 

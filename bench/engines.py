@@ -20,15 +20,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.query import free_port
 from catalens.errors import BenchError
 
 PG_USER = "postgres"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def postgres_bindir() -> Path | None:
@@ -127,6 +122,18 @@ class Milvus:
         self.server.start()  # type: ignore[attr-defined]
 
 
+def _bind_reusable(port: int) -> socket.socket | None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        return sock
+    except OSError:
+        sock.close()
+        return None
+
+
 @contextlib.contextmanager
 def milvus_server() -> Iterator[Milvus]:
     """The `milvus` package's embedded Milvus 2.3 standalone server, its gRPC port on a free port."""
@@ -136,6 +143,9 @@ def milvus_server() -> Iterator[Milvus]:
         raise BenchError("the embedded Milvus server is not installed: pip install milvus") from exc
     root = Path(tempfile.mkdtemp(prefix="catalens-milvus-"))
     server = MilvusServer()
+    # Its port check binds without SO_REUSEADDR, so a restart after clients were connected (the
+    # port in TIME_WAIT) moved to another port; the Go server itself binds with it.
+    server.config.try_bind_port = _bind_reusable
     server.set_base_dir(str(root))
     port = free_port()
     server.listen_port = port

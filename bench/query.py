@@ -53,6 +53,8 @@ class QueryBench:
     text_rerank_note: str | None
     runtime: str  # the query-time CLIP runtime of the scenarios above (CATALENS_RUNTIME)
     by_runtime: dict[str, dict[str, ScenarioStats | None]] | None  # every runtime of the run, side by side
+    engine: str  # vector store + catalog of record of the top-level figures
+    by_engine: dict[str, dict[str, ScenarioStats | None]] | None  # every engine pair of the run, side by side
     served_runtime: dict[str, str | None]  # runtime asked for -> what the server ran (/readyz; auto picks one)
     model: str
     n: int
@@ -211,6 +213,57 @@ def ensure_query_index(settings: Settings, catalog: Path, *, n: int, seed: int, 
     return index_dir
 
 
+ENGINES = ("faiss+sqlite", "milvus+postgresql", "faiss+postgresql", "milvus+sqlite")
+
+
+@contextlib.contextmanager
+def engine_servers(settings: Settings, engine: str, log: Log) -> Iterator[dict[str, str]]:
+    """The environment a server of this engine pair needs ({} for FAISS + SQLite): the configured
+    PostgreSQL / Milvus URL, else a throwaway local server started here (bench/engines.py)."""
+    from bench.engines import milvus_server, postgres_server
+
+    if engine not in ENGINES:
+        raise BenchError(f"unknown engine pair {engine!r}: use {', '.join(ENGINES)}")
+    store, _, database = engine.partition("+")
+    env: dict[str, str] = {}
+    with contextlib.ExitStack() as stack:
+        if database == "postgresql":
+            url = settings.database_url if (settings.database_url or "").startswith("postgresql") else None
+            if url is None:
+                log("starting a local PostgreSQL for the benchmark")
+                url = stack.enter_context(postgres_server()).create("catalens_bench")
+            env["CATALENS_DATABASE_URL"] = url
+        if store == "milvus":
+            if settings.milvus:
+                env["CATALENS_VECTOR_STORE"] = settings.vector_store
+            else:
+                log("starting a local Milvus for the benchmark")
+                env["CATALENS_VECTOR_STORE"] = stack.enter_context(milvus_server()).url + "/bench"
+        yield env
+
+
+def engine_index(settings: Settings, faiss_index: Path, catalog: Path, engine: str, env: dict[str, str], *,
+                 log: Log = quiet) -> Path:
+    """The same catalog built on these engines, in a folder of its own; embeddings are hard links to
+    the FAISS index's caches, so nothing is embedded twice."""
+    from indexer.runner import BuildOptions, build_index
+
+    index_dir = faiss_index.parent / f"{faiss_index.name}-{engine.replace('+', '-')}"
+    shutil.rmtree(index_dir, ignore_errors=True)
+    index_dir.mkdir(parents=True)
+    for cache in ("embeddings", "features"):
+        if (faiss_index / cache).is_dir():
+            shutil.copytree(faiss_index / cache, index_dir / cache, copy_function=os.link)
+    engine_settings = settings.model_copy(update={
+        "index_dir": index_dir, "database_url": env.get("CATALENS_DATABASE_URL"),
+        "vector_store": env.get("CATALENS_VECTOR_STORE", "faiss")})
+    log(f"building the index on {engine} in {index_dir} (embeddings from the cache)")
+    t0 = time.perf_counter()
+    summary = build_index(engine_settings, BuildOptions(catalog=catalog, progress=False), encoder=load_encoder(settings))
+    log(f"built {summary.vectors} vectors on {engine} in {time.perf_counter() - t0:.1f}s")
+    return index_dir
+
+
 # --- one scenario ----------------------------------------------------------------------------
 
 
@@ -303,7 +356,8 @@ def measure_query(settings: Settings, *, n: int, seed: int = CATALOG_SEED, concu
                   duration: float = 10.0, warmup: float = 2.0, k: int = 10, server_threads: int | None = None,
                   query_pool: int = 20_000, zipf_exponent: float = 1.0, rebuild: bool = False,
                   server_timeout: float = 180.0, render_workers: int | None = None,
-                  runtimes: Sequence[str] = ("auto",), log: Log = quiet) -> QueryBench:
+                  runtimes: Sequence[str] = ("auto",), engines: Sequence[str] = ("faiss+sqlite",),
+                  log: Log = quiet) -> QueryBench:
     """Every scenario for `duration` seconds against a `catalens serve` of an n-product generated catalog."""
     import asyncio
 
@@ -352,15 +406,24 @@ def measure_query(settings: Settings, *, n: int, seed: int = CATALOG_SEED, concu
                                 params={"k": k})
 
     by_runtime: dict[str, dict[str, ScenarioStats | None]] = {}
+    by_engine: dict[str, dict[str, ScenarioStats | None]] = {}
     served: dict[str, str | None] = {}
     ready: dict[str, Any] = {}
     rerank_available, probe_status = False, 0
-    for runtime in runtimes:
+    runs = [(engine, runtime) for engine in engines for runtime in (runtimes if engine == engines[0] else runtimes[:1])]
+    stack = contextlib.ExitStack()
+    engine_env: dict[str, tuple[Path, dict[str, str]]] = {}
+    for engine, runtime in runs:
+        if engine not in engine_env:
+            env = stack.enter_context(engine_servers(settings, engine, log))
+            engine_env[engine] = (index_dir if not env else
+                                  engine_index(settings, index_dir, catalog, engine, env, log=log), env)
+        served_dir, env = engine_env[engine]
         results: dict[str, ScenarioStats | None] = dict.fromkeys(SCENARIOS)
-        log_path = settings.bench_cache() / f"serve-{model_slug(settings.model)}-n{n}-{runtime}.log"
-        log(f"starting `catalens serve` ({server_threads} threads, runtime {runtime}); log in {log_path}")
-        with serve_subprocess(settings, index_dir, threads=server_threads, log_path=log_path,
-                              timeout=server_timeout, env={"CATALENS_RUNTIME": runtime}) as url:
+        log_path = settings.bench_cache() / f"serve-{model_slug(settings.model)}-n{n}-{runtime}-{engine}.log"
+        log(f"starting `catalens serve` ({server_threads} threads, runtime {runtime}, {engine}); log in {log_path}")
+        with serve_subprocess(settings, served_dir, threads=server_threads, log_path=log_path,
+                              timeout=server_timeout, env={"CATALENS_RUNTIME": runtime, **env}) as url:
             ready = httpx.get(f"{url}/readyz", timeout=5).json()
             served[runtime] = ready.get("runtime")
             probe = httpx.post(f"{url}/v1/search/text", json={"query": "red mug", "k": 1, "rerank": True}, timeout=30)
@@ -400,7 +463,11 @@ def measure_query(settings: Settings, *, n: int, seed: int = CATALOG_SEED, concu
                                 f"(LRU of {settings.text_cache_size} entries per process)",
                     }
                 results[scenario.name] = stats
-        by_runtime[runtime] = results
+        if engine == engines[0]:
+            by_runtime[runtime] = results
+        if runtime == runtimes[0]:
+            by_engine[engine] = results
+    stack.close()
     results = by_runtime[runtimes[0]]
     return QueryBench(
         text=results["text"],
@@ -415,6 +482,8 @@ def measure_query(settings: Settings, *, n: int, seed: int = CATALOG_SEED, concu
         f"absent: the server answers rerank=true with HTTP {probe_status} (CATALENS_RERANKER=none?)",
         runtime=runtimes[0],
         by_runtime=by_runtime if len(runtimes) > 1 else None,
+        engine=engines[0],
+        by_engine=by_engine if len(engines) > 1 else None,
         served_runtime=served,
         model=settings.model,
         n=n,

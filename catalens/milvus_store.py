@@ -106,8 +106,6 @@ class MilvusStore:
         self.timeout_s = timeout_s
         self._client: Any = None
         self._lock = threading.Lock()
-        # pymilvus logs each failed call with its traceback; the typed error below says it in one line.
-        logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
 
     # --- plumbing ----------------------------------------------------------------------
 
@@ -118,6 +116,7 @@ class MilvusStore:
                     from pymilvus import MilvusClient
                 except ImportError as exc:
                     raise ConfigError("a Milvus vector store needs pymilvus: pip install 'catalens[milvus]'") from exc
+                _quiet_pymilvus()
                 self._client = MilvusClient(uri=self.uri, timeout=self.timeout_s)
             return self._client
 
@@ -277,6 +276,14 @@ class MilvusStore:
         for start in range(0, len(touched), 512):
             self.call("delete", self.name(version_id), filter=f"pk in {touched[start:start + 512]}")
         self.insert(version_id, rows)
+
+
+def _quiet_pymilvus() -> None:
+    """pymilvus logs each failed call with its traceback (configured when it is imported); the typed
+    error says it in one line."""
+    for name in [*logging.root.manager.loggerDict, "pymilvus"]:
+        if name.startswith("pymilvus"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _names(aliases: Any) -> list[str]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import SampleIndex
+from tests.support import SampleIndex, milvus_url, searcher_on
 
 SAMPLE_N = 400
 SAMPLE_SEED = 11
@@ -74,17 +74,6 @@ def sample_index(sqlite_sample_index: SampleIndex) -> SampleIndex:
     return sqlite_sample_index
 
 
-def _searcher_on(index: SampleIndex, encoder: Any, reranker: Any) -> Any:
-    from catalens.config import Settings
-    from catalens.db import create_db_engine, create_session_factory
-    from retrieval.searcher import Searcher
-
-    settings = Settings(index_dir=index.index_dir, database_url=index.database_url, threads=1)
-    s = Searcher(settings, create_session_factory(create_db_engine(settings.db_url)), encoder, reranker=reranker)
-    s.reload()
-    return s
-
-
 def _client_on(searcher: Any) -> Iterator:
     from fastapi.testclient import TestClient
 
@@ -98,7 +87,7 @@ def _client_on(searcher: Any) -> Iterator:
 
 @pytest.fixture(scope="session")
 def searcher(sqlite_sample_index: SampleIndex, encoder, reranker):
-    return _searcher_on(sqlite_sample_index, encoder, reranker)
+    return searcher_on(sqlite_sample_index, encoder, reranker)
 
 
 @pytest.fixture(scope="session")
@@ -143,7 +132,7 @@ def pg_sample_index(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory, 
 
 @pytest.fixture(scope="session")
 def pg_client(pg_sample_index: SampleIndex, encoder, reranker) -> Iterator:
-    yield from _client_on(_searcher_on(pg_sample_index, encoder, reranker))
+    yield from _client_on(searcher_on(pg_sample_index, encoder, reranker))
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +143,36 @@ def trusted_image_sources(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         env.setenv("CATALENS_IMAGE_ROOTS", json.dumps([str(tmp_path_factory.getbasetemp())]))
         env.setenv("CATALENS_URL_ALLOW", json.dumps(["127.0.0.1"]))
         yield
+
+
+# --- Milvus: a real (embedded standalone) server for the tests that run on both vector stores --
+
+
+@pytest.fixture(scope="session")
+def milvus() -> Iterator[Any]:
+    """The `milvus` package's Milvus 2.3 standalone server on 127.0.0.1 (bench/engines.py), for the session."""
+    from bench.engines import milvus_server
+
+    with milvus_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def milvus_sample_index(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory, encoder, reranker,
+                        milvus) -> SampleIndex:
+    """The sample index again, its vectors in Milvus."""
+    from catalens.config import Settings
+    from indexer.embedder import Embedder
+    from indexer.runner import BuildOptions, build_index
+
+    index_dir = tmp_path_factory.mktemp("milvus-index")
+    url = milvus_url(milvus)
+    settings = Settings(index_dir=index_dir, vector_store=url, threads=1)
+    build_index(settings, BuildOptions(catalog=sample_dir / "catalog.csv", progress=False), encoder=encoder,
+                embedder=Embedder(encoder, reranker=reranker))
+    return SampleIndex(sample_dir, index_dir, vector_store=url)
+
+
+@pytest.fixture(scope="session")
+def milvus_client(milvus_sample_index: SampleIndex, encoder, reranker) -> Iterator:
+    yield from _client_on(searcher_on(milvus_sample_index, encoder, reranker))

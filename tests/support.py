@@ -26,6 +26,7 @@ class SampleIndex:
     sample_dir: Path
     index_dir: Path
     database_url: str | None = None  # None: SQLite in the index folder
+    vector_store: str = "faiss"
 
     @property
     def catalog(self) -> Path:
@@ -34,6 +35,26 @@ class SampleIndex:
     def rows(self) -> list[dict[str, str]]:
         with open(self.catalog, newline="") as fh:
             return list(csv.DictReader(fh))
+
+
+def searcher_on(index: SampleIndex, encoder: Any, reranker: Any) -> Any:
+    """A loaded Searcher over a built index, on the engines it was built with."""
+    from catalens.config import Settings
+    from catalens.db import create_db_engine, create_session_factory
+    from retrieval.searcher import Searcher
+
+    settings = Settings(index_dir=index.index_dir, database_url=index.database_url,
+                        vector_store=index.vector_store, threads=1)
+    s = Searcher(settings, create_session_factory(create_db_engine(settings.db_url)), encoder, reranker=reranker)
+    s.reload()
+    return s
+
+
+def milvus_url(server: Any) -> str:
+    """A vector-store URL of its own on a shared Milvus server: collections and alias under a fresh name."""
+    import uuid
+
+    return f"{server.url}/t{uuid.uuid4().hex[:10]}"
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -29,6 +29,7 @@ from tests.support import (
     Server,
     absolute_images,
     build_in_process,
+    milvus_url,
     read_rows,
     run_cli,
     start_server,
@@ -42,9 +43,10 @@ KEY = "snapshot-admin-key"
 QUERIES = ["red mug", "striped t-shirt", "blue cushion", "green tote bag", "yellow lamp"]
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=["sqlite", "postgresql", "milvus"])
 def backend(request: pytest.FixtureRequest) -> str:
-    """The whole version model runs on both catalogs of record."""
+    """The whole version model runs on both catalogs of record (SQLite, PostgreSQL) and on both
+    vector stores (FAISS; Milvus, over SQLite)."""
     return request.param
 
 
@@ -64,6 +66,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, encoder: Any, backend: str,
     with pytest.MonkeyPatch.context() as env:
         if backend == "postgresql":
             env.setenv("CATALENS_DATABASE_URL", request.getfixturevalue("postgres").create(f"world_{os.getpid()}"))
+        if backend == "milvus":
+            env.setenv("CATALENS_VECTOR_STORE", milvus_url(request.getfixturevalue("milvus")))
         build_in_process(index_dir, write_rows(out / "first.csv", rows[:50]), encoder)
     return rows, index_dir
 
@@ -71,12 +75,24 @@ def world(tmp_path_factory: pytest.TempPathFactory, encoder: Any, backend: str,
 @pytest.fixture()
 def index(world: tuple[list[dict[str, str]], Path], tmp_path: Path, backend: str, request: pytest.FixtureRequest,
           monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of the world's index (and, on PostgreSQL, of its database: CATALENS_DATABASE_URL for the test)."""
+    """A copy of the world's index (on PostgreSQL, of its database too; on Milvus, in collections
+    of its own), named to every process of the test by CATALENS_DATABASE_URL / CATALENS_VECTOR_STORE."""
+    from catalens.config import Settings
+    from catalens.db import open_database
+    from indexer.publish import to_vector_store
+
     dst = tmp_path / "idx"
     shutil.copytree(world[1], dst)
     if backend == "postgresql":
         pg = request.getfixturevalue("postgres")
         monkeypatch.setenv("CATALENS_DATABASE_URL", pg.create(template=f"world_{os.getpid()}"))
+    if backend == "milvus":
+        monkeypatch.setenv("CATALENS_VECTOR_STORE", milvus_url(request.getfixturevalue("milvus")))
+        settings = Settings(index_dir=dst)
+        state = artifacts.read_active_state(dst)
+        engine, sessions = open_database(settings.db_url)
+        to_vector_store(settings, sessions, state.version_id, since_seq=state.since_seq)
+        engine.dispose()
     return dst
 
 

@@ -34,7 +34,9 @@ def bad_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (out / "bad").mkdir()
     (out / "bad" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG" * 50)
     buf = io.BytesIO()
-    Image.new("1", (12_000, 12_000)).save(buf, format="PNG")  # 144 Mpx, a few KB on disk
+    # 50 Mpx: over CATALENS_MAX_IMAGE_PIXELS, under Pillow's own bomb warning (whose message would
+    # depend on decode-thread timing: warnings.catch_warnings is process-wide).
+    Image.new("1", (7_100, 7_100)).save(buf, format="PNG")
     (out / "bad" / "bomb.png").write_bytes(buf.getvalue())
     with open(catalog, newline="") as fh:
         rows = list(csv.DictReader(fh))

@@ -13,20 +13,23 @@ from PIL import Image
 from tests.support import SampleIndex
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module", params=["sqlite", "postgresql", "milvus"])
 def backend(request: pytest.FixtureRequest) -> str:
-    """Every API test runs on both catalogs of record (a build writes either; search reads neither)."""
+    """Every API test runs on both catalogs of record (a build writes either; search reads neither)
+    and on both vector stores (FAISS files, Milvus collections)."""
     return request.param
 
 
 @pytest.fixture(scope="module")
 def sample_index(sample_index: SampleIndex, backend: str, request: pytest.FixtureRequest) -> SampleIndex:
-    return request.getfixturevalue("pg_sample_index") if backend == "postgresql" else sample_index
+    named = {"postgresql": "pg_sample_index", "milvus": "milvus_sample_index"}
+    return request.getfixturevalue(named[backend]) if backend in named else sample_index
 
 
 @pytest.fixture(scope="module")
 def client(client, backend: str, request: pytest.FixtureRequest):
-    return request.getfixturevalue("pg_client") if backend == "postgresql" else client
+    named = {"postgresql": "pg_client", "milvus": "milvus_client"}
+    return request.getfixturevalue(named[backend]) if backend in named else client
 
 
 def _attr(rows: list[dict[str, str]]) -> dict[str, dict[str, str]]:
