@@ -42,6 +42,9 @@ DEFAULT_PREFIX = "catalens"
 INSERT_BATCH = 2048
 MAX_TOPK = 16384  # Milvus's limit on one search
 HNSW = {"M": 32, "efConstruction": 200}  # as the FAISS default at this scale (HNSW32)
+# Session: a process reads its own writes (the server that applied an edit shows it when it answers)
+# without Strong's wait for the next time tick, which cost every search ~200 ms (measured here).
+CONSISTENCY = "Session"
 T = TypeVar("T")
 
 
@@ -169,13 +172,8 @@ class MilvusStore:
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
         index = self._get_client().prepare_index_params()
         index.add_index(field_name="vector", index_type="HNSW", metric_type="IP", params=HNSW)
-        # Strong: a search sees every write acknowledged before it (an edit is visible when answered).
         self.call("create_collection", self.name(version_id), schema=schema, index_params=index,
-                  consistency_level="Strong")
-
-    def insert(self, version_id: str, rows: Sequence[Row]) -> None:
-        for start in range(0, len(rows), INSERT_BATCH):
-            self.call("insert", self.name(version_id), [r.entity() for r in rows[start:start + INSERT_BATCH]])
+                  consistency_level=CONSISTENCY)
 
     def fill(self, version_id: str, products: ProductTable, vectors: FaissIndex, *,
              progress: Callable[[int], None] | None = None) -> int:
@@ -220,7 +218,7 @@ class MilvusStore:
         """(score, vector id, product pk, image position) of the best k vectors passing expr, best first."""
         k = min(k, MAX_TOPK)
         result = self.call("search", self.name(version_id), data=[query.astype(np.float32).tolist()],
-                           limit=k, filter=expr, output_fields=["pk", "position"],
+                           limit=k, filter=expr, output_fields=["pk", "position"], consistency_level=CONSISTENCY,
                            search_params={"metric_type": "IP", "params": {"ef": max(64, k)}})
         return [(float(hit["distance"]), int(hit["id"]), int(hit["entity"]["pk"]), int(hit["entity"]["position"]))
                 for hit in result[0]]
@@ -230,7 +228,7 @@ class MilvusStore:
         if not len(vids):
             return np.zeros((0, 0), np.float32)
         found = self.call("query", self.name(version_id), filter=f"vid in {[int(v) for v in vids]}",
-                          output_fields=["vid", "vector"])
+                          output_fields=["vid", "vector"], consistency_level=CONSISTENCY)
         by_vid = {int(r["vid"]): np.asarray(r["vector"], np.float32) for r in found}
         dim = len(next(iter(by_vid.values()))) if by_vid else 0
         return np.stack([by_vid.get(int(v), np.zeros(dim, np.float32)) for v in vids]) if by_vid \
@@ -241,15 +239,19 @@ class MilvusStore:
         out: dict[int, list[tuple[int, int, np.ndarray]]] = {}
         for start in range(0, len(pks), 512):
             found = self.call("query", self.name(version_id), filter=f"pk in {pks[start:start + 512]}",
-                              output_fields=["vid", "pk", "position", "vector"])
+                              output_fields=["vid", "pk", "position", "vector"], consistency_level=CONSISTENCY)
             for r in found:
                 out.setdefault(int(r["pk"]), []).append((int(r["vid"]), int(r["position"]),
                                                          np.asarray(r["vector"], np.float32)))
         return out
 
     def apply(self, version_id: str, log: Sequence[changes.Change]) -> None:
-        """Fold changes (oldest first) into the collection: each touched product's rows are deleted
-        and its current vectors inserted with its current fields. Idempotent."""
+        """Fold changes (oldest first) into the collection: each changed product's vectors are upserted
+        with its current fields, then the rows it no longer has (or all, deleted) are removed.
+
+        Idempotent and safe to cut off anywhere: rows are replaced, never removed before their
+        replacement is in, so a rerun after a crash finds every vector it needs.
+        """
         final: dict[int, changes.Change] = {}
         new_vectors: dict[int, changes.LiveVectors] = {}
         for change in log:
@@ -272,10 +274,17 @@ class MilvusStore:
                          for i, (v, p) in enumerate(zip(lv.ids.tolist(), lv.positions.tolist()))]
             else:
                 rows += [Row(v, pk, p, *fields, vec) for v, p, vec in current.get(pk, [])]
+        for start in range(0, len(rows), INSERT_BATCH):
+            self.call("upsert", self.name(version_id), [r.entity() for r in rows[start:start + INSERT_BATCH]])
+        # Then every other row of the changed products goes (a deleted product's, an image removed
+        # by an upsert): a vector id belongs to one product, so one expression covers a whole batch.
         touched = list(final)
         for start in range(0, len(touched), 512):
-            self.call("delete", self.name(version_id), filter=f"pk in {touched[start:start + 512]}")
-        self.insert(version_id, rows)
+            pks = touched[start:start + 512]
+            batch = set(pks)
+            kept = [r.vid for r in rows if r.pk in batch]
+            self.call("delete", self.name(version_id),
+                      filter=f"pk in {pks}" + (f" and vid not in {kept}" if kept else ""))
 
 
 def _quiet_pymilvus() -> None:

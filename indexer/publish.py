@@ -177,13 +177,14 @@ def rollback(settings: Settings, target: str | None = None) -> tuple[str, str | 
                                     f"(see `catalens index versions`)")
             artifacts.load_version(path)  # complete and intact, before anything changes
             table = ProductTable.load(path / PRODUCTS)
+            with sessions() as session:
+                since = changes.last_seq(session)
+            if settings.milvus:  # the slow step that can fail (Milvus down) first: nothing changed yet
+                to_vector_store(settings, sessions, target, since_seq=since)
             with sessions.begin() as session:
                 restore(session, table.all_records())
-                since = changes.last_seq(session)
             # Killed between the steps: the catalog of record is already the target's and a
             # rerun finishes the swap.
-            if settings.milvus:
-                to_vector_store(settings, sessions, target, since_seq=since)
             artifacts.set_active(settings.index_dir, target, since_seq=since)
             refresh_statistics(sessions)
         finally:

@@ -240,3 +240,42 @@ def test_milvus_matches_faiss_on_the_held_out_evaluation(sample_index: SampleInd
         for metric, value in scores.items():
             # Both are HNSW over the same vectors: only the graphs' approximation may differ.
             assert abs(milvus_scores[query_set][metric] - value) <= 0.02, (query_set, metric)
+
+
+def test_a_milvus_sync_cut_off_after_its_first_write_loses_nothing(
+        world: tuple[list[dict[str, str]], Path], tmp_path: Path, encoder: Any, milvus: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Applying the change log to Milvus can stop anywhere (Milvus goes away mid-batch): the next
+    sync finishes it and every product keeps its vectors."""
+    from catalens import artifacts, milvus_store
+    from catalens.config import Settings
+    from catalens.db import open_database
+    from catalens.errors import VectorStoreUnavailableError
+    from indexer.live import EditContext, patch_product
+
+    rows, _ = world
+    monkeypatch.setenv("CATALENS_VECTOR_STORE", milvus_url(milvus))
+    index = tmp_path / "idx"
+    build_in_process(index, write_rows(tmp_path / "e.csv", rows[:20]), encoder)
+    settings = Settings(index_dir=index)
+    target = rows[3]["product_id"]
+    patch_product(EditContext(settings, encoder), target, {"price": 4321.0, "brand": "Cutoff"})
+    store = milvus_store.MilvusStore(settings.vector_store)
+    version = artifacts.read_active(index)
+    _, sessions = open_database(settings.db_url)
+    real_call, writes = store.call, []
+
+    def cut_off(method: str, *args: Any, **kwargs: Any) -> Any:
+        if method in ("insert", "upsert", "delete"):
+            writes.append(method)
+            if len(writes) == 2:
+                raise VectorStoreUnavailableError("Milvus went away")
+        return real_call(method, *args, **kwargs)
+
+    monkeypatch.setattr(store, "call", cut_off)
+    with pytest.raises(VectorStoreUnavailableError):
+        milvus_store.sync(store, sessions, version)
+    monkeypatch.setattr(store, "call", real_call)
+    milvus_store.sync(store, sessions, version)
+    found = store.call("query", store.name(version), filter='brand == "Cutoff"', output_fields=["pk", "price"])
+    assert found and {r["price"] for r in found} == {4321.0}, "the patched product lost its vectors"
