@@ -12,7 +12,7 @@ from catalens.schema import Base
 from tests.support import run_cli
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """An empty database of each backend the schema must hold on."""
     if request.param == "postgresql":

@@ -13,7 +13,9 @@ from PIL import Image
 from tests.support import SampleIndex
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql", "milvus"])
+# The engines start real servers (seconds each): in the full suite, not in the fast tier.
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow),
+                                        pytest.param("milvus", marks=pytest.mark.slow)])
 def backend(request: pytest.FixtureRequest) -> str:
     """Every API test runs on both catalogs of record (a build writes either; search reads neither)
     and on both vector stores (FAISS files, Milvus collections)."""
