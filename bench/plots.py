@@ -48,22 +48,25 @@ def plot_index(result: IndexBench, path: Path) -> None:
 
 
 def plot_query(result: QueryBench, path: Path) -> None:
+    """Latency percentiles per scenario; with several engine pairs, one panel each (QPS and errors in the labels)."""
     plt = _pyplot()
-    stats = {name: getattr(result, name) for name in SCENARIOS if getattr(result, name)}
-    names = list(stats)
-    fig, ax = plt.subplots(figsize=(8, 3.8))
-    width = 0.26
-    for j, (q, colour) in enumerate((("p50_ms", "#2ca02c"), ("p95_ms", "#ff7f0e"), ("p99_ms", "#d62728"))):
-        xs = [i + (j - 1) * width for i in range(len(names))]
-        ax.bar(xs, [stats[n][q] or 0 for n in names], width, label=q.replace("_ms", ""), color=colour)
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels([f"{n}\n{stats[n]['qps']:.0f} QPS, {stats[n]['errors']} err" for n in names], fontsize=8)
-    ax.set_ylabel("latency (ms)")
-    if not result.text_rerank:
-        ax.text(0.99, 0.97, "text_rerank: absent", transform=ax.transAxes, ha="right", va="top", fontsize=8)
-    ax.legend(fontsize=8, loc="upper left")
-    ax.set_title(f"Query latency: {result.model}, {result.n} products, {result.concurrency} clients, "
-                 f"server threads {result.server_threads}\n{_machine_line(result.machine)}", fontsize=9)
+    panels = result.by_engine or {result.engine: {name: getattr(result, name) for name in SCENARIOS}}
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 3.8 * len(panels)), squeeze=False)
+    for ax, (engine, scenario_stats) in zip(axes[:, 0], panels.items()):
+        stats = {name: s for name, s in scenario_stats.items() if s}
+        names = list(stats)
+        width = 0.26
+        for j, (q, colour) in enumerate((("p50_ms", "#2ca02c"), ("p95_ms", "#ff7f0e"), ("p99_ms", "#d62728"))):
+            xs = [i + (j - 1) * width for i in range(len(names))]
+            ax.bar(xs, [stats[n][q] or 0 for n in names], width, label=q.replace("_ms", ""), color=colour)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels([f"{n}\n{stats[n]['qps']:.0f} QPS, {stats[n]['errors']} err" for n in names], fontsize=7)
+        ax.set_ylabel(f"{engine}\nlatency (ms)")
+        if "text_rerank" not in stats:
+            ax.text(0.99, 0.97, "text_rerank: absent", transform=ax.transAxes, ha="right", va="top", fontsize=8)
+        ax.legend(fontsize=8, loc="upper left")
+    axes[0, 0].set_title(f"Query latency: {result.model}, {result.n} products, {result.concurrency} clients, "
+                         f"server threads {result.server_threads}\n{_machine_line(result.machine)}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
