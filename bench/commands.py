@@ -50,8 +50,11 @@ def index_text(r: IndexBench, files: dict[str, str]) -> str:
             f"{r.torch_threads} torch threads, {r.decode_workers} decode workers\n"
             f"  end to end   {r.end_to_end_ips:9.1f} img/s  ({r.end_to_end_vs_model_only:.0%} of model-only)\n"
             f"  image stage  {r.image_stage_ips:9.1f} img/s  ({r.image_stage_vs_model_only:.0%} of model-only)\n"
-            f"  model only   {r.model_only_ips:9.1f} img/s\n"
+            f"  model only   {r.model_only_ips:9.1f} img/s  (every model pass of the build; CLIP alone "
+            f"{r.model_only_clip_ips:.1f})\n"
             f"  decode only  {r.decode_only_ips:9.1f} img/s\n"
+            f"  shared-CPU ceiling {r.shared_cpu_bound_ips:.1f} img/s: end to end is {r.end_to_end_vs_shared_ceiling:.0%} "
+            f"of it, {r.end_to_end_vs_min_ceiling:.0%} of min(model, decode)\n"
             f"  phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in r.phases_s.items()) +
             f"\nwrote {files}")
 

@@ -31,7 +31,9 @@ INDEX_DEFINITIONS = {
     "image_stage_ips": f"images / wall time of the builder's {IMAGE_STAGE!r} stage (read..embed..write) when the "
                        "build reports its stages in phases_s (" + ", ".join(BUILD_STAGES) + "), else of the whole "
                        "build (phases_s then holds only 'build')",
-    "model_only_ips": "pre-decoded tensors through the image tower in batches of batch_size",
+    "model_only_ips": "pre-decoded tensors through every model pass the build makes per image, in batches of "
+                      "batch_size: the CLIP image tower and, when the build stores them, the reranker's features",
+    "model_only_clip_ips": "pre-decoded tensors through the CLIP image tower alone",
     "decode_only_ips": "the reader stage alone (read, sha256, decode, thumbnail, preprocess) "
                        "with decode_workers threads",
     "shared_cpu_bound_ips": "1 / (1/model_only + 1/decode_only): the ceiling when both stages "
@@ -50,12 +52,14 @@ class IndexBench:
     images: int
     end_to_end_ips: float
     model_only_ips: float
+    model_only_clip_ips: float
     decode_only_ips: float
     image_stage_ips: float
     end_to_end_vs_model_only: float
     image_stage_vs_model_only: float
     end_to_end_vs_min_ceiling: float
     shared_cpu_bound_ips: float
+    end_to_end_vs_shared_ceiling: float
     bottleneck: str
     build_seconds: float
     phases_s: dict[str, float]
@@ -108,11 +112,21 @@ def timed_embedder(encoder, reranker=None):
     return TimedEmbedder(encoder, reranker=reranker)
 
 
+def _images_per_s(run: Callable[[list[Any]], None], batches: list[list[Any]], images: int) -> float:
+    """Images per second of run over the batches, after one untimed warm-up batch."""
+    run(batches[0])
+    t0 = time.perf_counter()
+    for batch in batches:
+        run(batch)
+    return images / (time.perf_counter() - t0)
+
+
 def measure_index(settings: Settings, *, n: int, seed: int = CATALOG_SEED, decode_workers: int | None = None,
                   model_only_mb: float = 1024, render_workers: int | None = None, log: Log = quiet) -> IndexBench:
     """Decode-only and model-only ceilings, then a real build of a generated n-product catalog."""
     import torch
 
+    from catalens.reranker import load_reranker
     from indexer.reader import ImageJob, ImageReader
     from indexer.runner import BuildOptions, build_index
 
@@ -150,21 +164,30 @@ def measure_index(settings: Settings, *, n: int, seed: int = CATALOG_SEED, decod
     decode_ips = len(paths) / decode_s
     log(f"decode-only: {decode_ips:.1f} img/s")
 
-    # 2. model-only ceiling: pre-decoded tensors through the image tower, same batch size.
+    # 2. model-only ceiling: pre-decoded tensors through the model passes the build makes (the CLIP
+    # image tower, and the reranker's stored features when the build keeps them), same batch size.
     pixels = [p for p in decoded if p is not None]
     del decoded
     batches = [pixels[i:i + settings.batch_size] for i in range(0, len(pixels), settings.batch_size)]
-    encoder.encode_pixels(torch.stack(batches[0]))  # warm-up, not timed
-    t0 = time.perf_counter()
-    for batch in batches:
+    embedder = timed_embedder(encoder, reranker=load_reranker(settings.reranker, clip=encoder, device=encoder.device)
+                              if settings.rerank_features else None)
+
+    def clip_only(batch: list[Any]) -> None:
         encoder.encode_pixels(torch.stack(batch))
-    model_s = time.perf_counter() - t0
-    model_ips = len(pixels) / model_s
+
+    def as_built(batch: list[Any]) -> None:
+        if embedder.reranker is None:
+            embedder.embed_pixels(batch)
+        elif embedder.embed_pixels_with_features(batch) is None:  # the reranker does not read this CLIP
+            embedder.embed_pixels(batch)
+            embedder.rerank_features(batch)
+
+    model_ips, clip_ips = (_images_per_s(run, batches, len(pixels)) for run in (as_built, clip_only))
+    embedder.pixel_s = 0.0
     del pixels, batches
-    log(f"model-only: {model_ips:.1f} img/s over {min(keep, len(paths))} images")
+    log(f"model-only: {model_ips:.1f} img/s as built ({clip_ips:.1f} CLIP alone) over {min(keep, len(paths))} images")
 
     # 3. end to end: a real `index build` (read, decode, preprocess, embed, write) into a fresh index.
-    embedder = timed_embedder(encoder)
     with tempfile.TemporaryDirectory(dir=root, prefix="index-") as tmp:
         build_settings = settings.model_copy(update={"index_dir": Path(tmp)})
         t0 = time.perf_counter()
@@ -177,6 +200,7 @@ def measure_index(settings: Settings, *, n: int, seed: int = CATALOG_SEED, decod
     phases = build_phases(summary, total_s)
     e2e_ips = summary.embedded / total_s
     image_stage_ips = summary.embedded / phases.get(IMAGE_STAGE, total_s)
+    shared_ips = 1 / (1 / model_ips + 1 / decode_ips)
     return IndexBench(
         model=settings.model,
         model_id=encoder.model_id,
@@ -184,12 +208,14 @@ def measure_index(settings: Settings, *, n: int, seed: int = CATALOG_SEED, decod
         images=len(paths),
         end_to_end_ips=round(e2e_ips, 2),
         model_only_ips=round(model_ips, 2),
+        model_only_clip_ips=round(clip_ips, 2),
         decode_only_ips=round(decode_ips, 2),
         image_stage_ips=round(image_stage_ips, 2),
         end_to_end_vs_model_only=round(e2e_ips / model_ips, 3),
         image_stage_vs_model_only=round(image_stage_ips / model_ips, 3),
         end_to_end_vs_min_ceiling=round(e2e_ips / min(model_ips, decode_ips), 3),
-        shared_cpu_bound_ips=round(1 / (1 / model_ips + 1 / decode_ips), 2),
+        shared_cpu_bound_ips=round(shared_ips, 2),
+        end_to_end_vs_shared_ceiling=round(e2e_ips / shared_ips, 3),
         bottleneck="model" if model_ips < decode_ips else "decode",
         build_seconds=round(total_s, 2),
         phases_s={k: round(v, 3) for k, v in phases.items()},
