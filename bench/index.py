@@ -70,6 +70,7 @@ class IndexBench:
     factory: str
     batch_size: int
     torch_threads: int
+    build_torch_threads: int
     decode_workers: int
     image_size: int
     dim: int
@@ -130,8 +131,9 @@ def measure_index(settings: Settings, *, n: int, seed: int = CATALOG_SEED, decod
     from indexer.reader import ImageJob, ImageReader
     from indexer.runner import BuildOptions, build_index
 
-    threads = settings.torch_threads()
+    threads = settings.torch_threads()  # the ceilings: each stage alone on every core
     workers = decode_workers or settings.decode_workers
+    build_threads = settings.model_copy(update={"decode_workers": workers}).build_threads()
     settings = settings.model_copy(update={"threads": threads, "decode_workers": workers})
     catalog = ensure_catalog(settings, n=n, seed=seed, render_workers=render_workers, log=log)
     paths = catalog_images(catalog)
@@ -189,7 +191,8 @@ def measure_index(settings: Settings, *, n: int, seed: int = CATALOG_SEED, decod
 
     # 3. end to end: a real `index build` (read, decode, preprocess, embed, write) into a fresh index.
     with tempfile.TemporaryDirectory(dir=root, prefix="index-") as tmp:
-        build_settings = settings.model_copy(update={"index_dir": Path(tmp)})
+        # The build as a user runs it: torch on the cores the decode workers leave (unless --threads).
+        build_settings = settings.model_copy(update={"index_dir": Path(tmp), "threads": build_threads})
         t0 = time.perf_counter()
         summary = build_index(build_settings, BuildOptions(catalog=catalog, progress=False), encoder=encoder,
                               embedder=embedder)
@@ -226,6 +229,7 @@ def measure_index(settings: Settings, *, n: int, seed: int = CATALOG_SEED, decod
         factory=summary.factory,
         batch_size=settings.batch_size,
         torch_threads=threads,
+        build_torch_threads=build_threads,
         decode_workers=workers,
         image_size=encoder.image_size,
         dim=encoder.dim,

@@ -7,16 +7,45 @@ and the next build resumes from them (an unchanged image or text costs no model 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from catalens.config import Settings
 from catalens.reranker import Reranker
+
+
+class BackgroundWriter:
+    """One thread for a build's writes (fsynced shards, image records), in submission order, so the
+    model loop never waits on the disk or the database; at most `depth` writes behind, and a failed
+    write is raised at the next submit or at close."""
+
+    def __init__(self, depth: int = 4) -> None:
+        self.depth = depth
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="embed-writer")
+        self._pending: deque[Future[Any]] = deque()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._pending.append(self._pool.submit(fn, *args))
+        while len(self._pending) > self.depth or (self._pending and self._pending[0].done()):
+            self._pending.popleft().result()
+
+    def close(self) -> None:
+        """Wait for every write; raise the first that failed."""
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 class EmbeddingCache:
@@ -31,6 +60,7 @@ class EmbeddingCache:
             marker.write_text(model_id)
         self._vectors: dict[str, np.ndarray] = {}
         self._loaded: set[str] = set()
+        self._writer: BackgroundWriter | None = None
         self.refresh()
 
     def refresh(self) -> None:
@@ -56,19 +86,36 @@ class EmbeddingCache:
         return self._vectors.get(key)
 
     def put_many(self, keys: list[str], vectors: np.ndarray) -> None:
-        """Persist a batch as one shard (atomic), then make it visible in memory."""
+        """Persist a batch as one shard (atomic; on the writer's thread inside `writes_on`) and make it
+        visible in memory."""
         if not keys:
             return
+        array: np.ndarray = np.asarray(vectors, dtype=self.dtype)
+        if self._writer is None:
+            self._persist(keys, array)
+        else:
+            self._writer.submit(self._persist, keys, array)
+        for key, vec in zip(keys, array):
+            self._vectors[key] = vec
+
+    @contextlib.contextmanager
+    def writes_on(self, writer: BackgroundWriter) -> Iterator[None]:
+        """Within the block, shards are written by the writer (the caller closes it to wait for them)."""
+        self._writer = writer
+        try:
+            yield
+        finally:
+            self._writer = None
+
+    def _persist(self, keys: list[str], array: np.ndarray) -> None:
         name = f"shard-{uuid.uuid4().hex}.npz"
         tmp = self.dir / f".{name}.tmp"
         with open(tmp, "wb") as fh:
-            np.savez(fh, keys=np.array(keys), vectors=np.asarray(vectors, dtype=self.dtype))
+            np.savez(fh, keys=np.array(keys), vectors=array)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.dir / name)
         self._loaded.add(name)
-        for key, vec in zip(keys, vectors):
-            self._vectors[key] = np.asarray(vec, dtype=self.dtype)
 
     def compact(self) -> None:
         """Merge all shards into one (fewer files to open on the next start)."""
