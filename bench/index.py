@@ -7,6 +7,7 @@ the image tower) and decode-only (the reader stage alone: read + hash + decode +
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -70,7 +71,7 @@ class IndexBench:
     factory: str
     batch_size: int
     torch_threads: int
-    build_torch_threads: int
+    openmp_wait_policy: str
     decode_workers: int
     image_size: int
     dim: int
@@ -131,9 +132,8 @@ def measure_index(settings: Settings, *, n: int, seed: int = CATALOG_SEED, decod
     from indexer.reader import ImageJob, ImageReader
     from indexer.runner import BuildOptions, build_index
 
-    threads = settings.torch_threads()  # the ceilings: each stage alone on every core
+    threads = settings.torch_threads()
     workers = decode_workers or settings.decode_workers
-    build_threads = settings.model_copy(update={"decode_workers": workers}).build_threads()
     settings = settings.model_copy(update={"threads": threads, "decode_workers": workers})
     catalog = ensure_catalog(settings, n=n, seed=seed, render_workers=render_workers, log=log)
     paths = catalog_images(catalog)
@@ -144,20 +144,25 @@ def measure_index(settings: Settings, *, n: int, seed: int = CATALOG_SEED, decod
     root = settings.bench_cache()
     root.mkdir(parents=True, exist_ok=True)
 
+    # The build's embedder: with the reranker whose features it stores (and whose own
+    # preprocess the reader runs too, when the reranker does not read this CLIP's pixels).
+    embedder = timed_embedder(encoder, reranker=load_reranker(settings.reranker, clip=encoder, device=encoder.device)
+                              if settings.rerank_features else None)
+
     # 1. decode-only ceiling: the pipeline's reader stage alone, same worker count, thumbnails written.
     bytes_per_image = 3 * 4 * encoder.image_size ** 2
     keep = max(4 * settings.batch_size, min(len(paths), int(model_only_mb * 2**20 // bytes_per_image)))
     with tempfile.TemporaryDirectory(dir=root, prefix="decode-") as tmp:
         reader = ImageReader(settings.model_copy(update={"index_dir": Path(tmp)}), images_root=None,
                              preprocess=encoder.preprocess, image_size=encoder.image_size,
-                             is_cached=lambda digest: False)
+                             is_cached=lambda digest: False, rerank_preprocess=embedder.separate_rerank_preprocess())
         jobs = [ImageJob(i, str(p)) for i, p in enumerate(paths)]
 
         def read_one(job: ImageJob) -> Any:
             loaded = reader(job)
             if loaded.error:
                 raise BenchError(f"cannot read {job.source}: {loaded.error}")
-            return loaded.pixels if job.image_id < keep else None
+            return (loaded.pixels, loaded.rerank_pixels) if job.image_id < keep else None
 
         with ThreadPoolExecutor(workers) as pool:
             t0 = time.perf_counter()
@@ -171,18 +176,17 @@ def measure_index(settings: Settings, *, n: int, seed: int = CATALOG_SEED, decod
     pixels = [p for p in decoded if p is not None]
     del decoded
     batches = [pixels[i:i + settings.batch_size] for i in range(0, len(pixels), settings.batch_size)]
-    embedder = timed_embedder(encoder, reranker=load_reranker(settings.reranker, clip=encoder, device=encoder.device)
-                              if settings.rerank_features else None)
 
     def clip_only(batch: list[Any]) -> None:
-        encoder.encode_pixels(torch.stack(batch))
+        encoder.encode_pixels(torch.stack([clip for clip, _ in batch]))
 
-    def as_built(batch: list[Any]) -> None:
+    def as_built(batch: list[Any]) -> None:  # the choices of indexer.embedder._embed_loaded
+        clip = [c for c, _ in batch]
         if embedder.reranker is None:
-            embedder.embed_pixels(batch)
-        elif embedder.embed_pixels_with_features(batch) is None:  # the reranker does not read this CLIP
-            embedder.embed_pixels(batch)
-            embedder.rerank_features(batch)
+            embedder.embed_pixels(clip)
+        elif embedder.embed_pixels_with_features(clip) is None:  # the reranker does not read this CLIP
+            embedder.embed_pixels(clip)
+            embedder.rerank_features([r if r is not None else c for c, r in batch])
 
     model_ips, clip_ips = (_images_per_s(run, batches, len(pixels)) for run in (as_built, clip_only))
     embedder.pixel_s = 0.0
@@ -191,8 +195,7 @@ def measure_index(settings: Settings, *, n: int, seed: int = CATALOG_SEED, decod
 
     # 3. end to end: a real `index build` (read, decode, preprocess, embed, write) into a fresh index.
     with tempfile.TemporaryDirectory(dir=root, prefix="index-") as tmp:
-        # The build as a user runs it: torch on the cores the decode workers leave (unless --threads).
-        build_settings = settings.model_copy(update={"index_dir": Path(tmp), "threads": build_threads})
+        build_settings = settings.model_copy(update={"index_dir": Path(tmp)})
         t0 = time.perf_counter()
         summary = build_index(build_settings, BuildOptions(catalog=catalog, progress=False), encoder=encoder,
                               embedder=embedder)
@@ -229,7 +232,7 @@ def measure_index(settings: Settings, *, n: int, seed: int = CATALOG_SEED, decod
         factory=summary.factory,
         batch_size=settings.batch_size,
         torch_threads=threads,
-        build_torch_threads=build_threads,
+        openmp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "default"),
         decode_workers=workers,
         image_size=encoder.image_size,
         dim=encoder.dim,

@@ -135,16 +135,6 @@ class Settings(BaseSettings):
 
         return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "catalens" / "onnx"
 
-    def build_threads(self) -> int:
-        """Torch threads of a build, beside its decode workers: the cores they leave. Oversubscribed
-        (2 torch threads and 2 decoders on 2 cores), the model ran 8x slower inside the pipeline than
-        alone (bench index); CATALENS_THREADS, when set, wins."""
-        import os
-
-        if self.threads:
-            return self.threads
-        return max(1, (os.cpu_count() or 1) - self.decode_workers)
-
     def torch_threads(self, workers: int = 1) -> int:
         """Threads per worker so that workers x threads never exceeds the cores."""
         import os

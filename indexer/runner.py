@@ -127,7 +127,7 @@ def _build_locked(settings: Settings, options: BuildOptions, sessions: Sessions,
         raise CaptionUnsupportedError(
             f"--caption needs a reranker that can write captions (CATALENS_RERANKER=coca:...); "
             f"{settings.reranker!r} cannot")
-    set_threads(settings.build_threads())
+    set_threads(settings.torch_threads())
     checksum = file_sha256(options.catalog) if options.catalog is not None and options.catalog.is_file() else ""
     catalog = str(options.catalog) if options.catalog is not None else "catalog of record"
     version_id = publish.start(sessions, model_id=encoder.model_id, catalog=catalog, checksum=checksum)
