@@ -8,18 +8,21 @@ so a version is a whole snapshot and immutable, wherever the catalog of record l
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cachetools import LRUCache
 
 from catalens.errors import IndexArtifactError
 from catalens.filters import Filters
 from catalens.records import ProductRecord
 
 PRODUCTS = "products.parquet"
+RECENT_RECORDS = 20_000  # records kept decoded per loaded version (a few KB each)
 
 
 def _schema() -> Any:
@@ -102,6 +105,10 @@ class ProductTable:
         self.vector_rows = pc.list_parent_indices(vids).to_numpy().astype(np.int64)
         self.vector_positions = pc.list_flatten(table.column("vector_positions").combine_chunks()) \
             .to_numpy().astype(np.int64)
+        # Records of rows results showed lately: products recur across queries, and a columnar take
+        # plus JSON decoding was as much of a query's time as the ANN search (py-spy, README).
+        self._recent: LRUCache[int, ProductRecord] = LRUCache(maxsize=RECENT_RECORDS)
+        self._recent_lock = threading.Lock()
 
     @classmethod
     def load(cls, path: Path) -> ProductTable:
@@ -138,17 +145,34 @@ class ProductTable:
         return keep
 
     def records(self, rows: Sequence[int]) -> list[ProductRecord]:
-        """The records of the given rows, in that order (one columnar take, not a read per row)."""
+        """The records of the given rows, in that order: recent ones from memory, the others in one
+        columnar take (never a read per row). Records are frozen, so sharing them is safe."""
         if not len(rows):
             return []
-        picked = self.table.take(np.asarray(rows, np.int64)).drop_columns(["vector_ids", "vector_positions"])
-        out = []
-        for data in picked.to_pylist():
-            data["attributes"] = json.loads(data["attributes"] or "{}")
-            data["images"] = json.loads(data["images"] or "[]")
-            out.append(ProductRecord.from_json(data))
-        return out
+        found: dict[int, ProductRecord] = {}
+        with self._recent_lock:
+            for row in rows:
+                record = self._recent.get(row)
+                if record is not None:
+                    found[row] = record
+        missing = list(dict.fromkeys(row for row in rows if row not in found))
+        if missing:
+            picked = self.table.take(np.asarray(missing, np.int64)).drop_columns(["vector_ids", "vector_positions"])
+            fresh = dict(zip(missing, map(_record, picked.to_pylist())))
+            with self._recent_lock:
+                self._recent.update(fresh)
+            found.update(fresh)
+        return [found[row] for row in rows]
 
     def all_records(self, batch: int = 8192) -> Iterable[ProductRecord]:
+        """Every record, in row order, without filling the recent-records cache."""
         for start in range(0, len(self.pks), batch):
-            yield from self.records(range(start, min(start + batch, len(self.pks))))
+            picked = self.table.slice(start, batch).drop_columns(["vector_ids", "vector_positions"])
+            yield from map(_record, picked.to_pylist())
+
+
+def _record(data: dict[str, Any]) -> ProductRecord:
+    """A record from one row of the products file (its JSON columns decoded)."""
+    data["attributes"] = json.loads(data["attributes"] or "{}")
+    data["images"] = json.loads(data["images"] or "[]")
+    return ProductRecord.from_json(data)
