@@ -153,8 +153,10 @@ def start_serve(index_dir: Path, *, flags: Sequence[str] = (), env: dict[str, st
             tail = log_path.read_text()[-800:].strip().splitlines() if log_path else []
             raise BenchError(f"catalens serve exited with {proc.returncode}: {tail[-1] if tail else ''}"
                              + (f" (log: {log_path})" if log_path else ""))
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            ready = httpx.get(f"{url}/readyz", timeout=2)
+            # Warm, not just ready: the reranker loads after the server answers searches.
+            if ready.status_code == 200 and ready.json().get("reranker") != "loading":
                 return url, proc
         if time.monotonic() > deadline:
             proc.kill()

@@ -45,11 +45,13 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from retrieval.app import create_app, create_searcher
     from retrieval.limits import server_http_protocol
 
-    # Open the database and load the models before uvicorn starts, so a malformed database or a
-    # missing model is one line and exit code 2 here, not a traceback from the server's startup.
-    searcher = create_searcher(settings)
-    uvicorn.run(create_app(settings, searcher=searcher, editor=IndexEditor(settings, torch_clip(searcher), searcher.reranker)), host=args.host,
-                port=args.port, log_level="info", http=server_http_protocol())
+    # Open the database and load the query encoder before uvicorn starts, so a malformed database
+    # or a missing model is one line and exit code 2 here, not a traceback from the server's
+    # startup. The reranker (torch, seconds) loads after the server is ready (warm_reranker).
+    searcher = create_searcher(settings, rerank=False)
+    app = create_app(settings, searcher=searcher, editor=IndexEditor(settings, torch_clip(searcher)),
+                     warm_reranker=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", http=server_http_protocol())
     return 0
 
 

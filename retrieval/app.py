@@ -104,10 +104,36 @@ async def watch_index(searcher: Searcher, interval_s: float) -> None:
         await asyncio.to_thread(follow_changes, searcher)
 
 
+def warm_up(searcher: Searcher, editor: CatalogEditor | None, settings: Settings) -> None:
+    """After the server is ready: load the reranker (torch, seconds) and hand it to the searcher and
+    the editor, then prepare the editor. Logged, never raised: reranking stays off on failure."""
+    from catalens.encoder import ClipEncoder
+    from catalens.reranker import load_reranker
+
+    try:
+        clip = searcher.encoder if isinstance(searcher.encoder, ClipEncoder) else None
+        reranker = load_reranker(settings.reranker, clip=clip, device=clip.device if clip else "cpu")
+        if reranker is None:
+            searcher.reranker_pending = False
+            return
+        if editor is not None and hasattr(editor, "reranker") and getattr(editor, "reranker", None) is None:
+            editor.reranker = reranker  # one copy in memory, shared with the edits
+        searcher.attach_reranker(reranker)
+        LOG.info("reranker %s loaded", getattr(reranker, "reranker_id", settings.reranker))
+    except Exception:
+        searcher.reranker_pending = False
+        LOG.exception("the reranker did not load; searches are served without reranking")
+    finally:
+        if editor is not None:
+            prepare_editor(editor)
+
+
 def create_app(settings: Settings | None = None, *, searcher: Searcher | None = None,
-               editor: CatalogEditor | None = None) -> FastAPI:
+               editor: CatalogEditor | None = None, warm_reranker: bool = False) -> FastAPI:
     """The query service. Pass a searcher to share an already loaded model (tests, benchmarks), and
-    an editor (indexer.live.IndexEditor) to enable the admin write routes and background jobs."""
+    an editor (indexer.live.IndexEditor) to enable the admin write routes and background jobs.
+    warm_reranker: the searcher comes without its reranker, loaded once the server is ready
+    (`catalens serve`: ready without importing torch)."""
     settings = settings or Settings()
     metrics = Metrics()
 
@@ -128,6 +154,10 @@ def create_app(settings: Settings | None = None, *, searcher: Searcher | None = 
         if editor is not None:
             jobs = JobRunner(searcher.sessions, editor, after=lambda: follow_changes(searcher))
             jobs.start()
+        if warm_reranker and settings.reranker != "none" and searcher.reranker is None:
+            searcher.reranker_pending = True
+            warm = asyncio.create_task(asyncio.to_thread(warm_up, searcher, editor, settings))
+        elif editor is not None:
             warm = asyncio.create_task(asyncio.to_thread(prepare_editor, editor))
         app.state.jobs = jobs
         try:

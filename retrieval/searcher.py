@@ -185,6 +185,9 @@ class Searcher:
         self.sessions = sessions  # the change log only; never read per request
         self.encoder = encoder
         self.reranker = reranker
+        # A reranker on its way (loaded after the server is ready): rerank requests get the
+        # first-stage order meanwhile, as past the time budget, instead of a 422.
+        self.reranker_pending = False
         self._rerank_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="rerank")
         self.observe = observe or (lambda stage, seconds: None)
         self._view: View | None = None
@@ -252,6 +255,14 @@ class Searcher:
                  live.changed)
         return snap.version_id
 
+    def attach_reranker(self, reranker: Reranker) -> None:
+        """Start reranking with a reranker loaded after the server became ready; the version is
+        loaded again so its stored features (kept only for the reranker that wrote them) are used."""
+        self.reranker = reranker
+        self.reranker_pending = False
+        if self._view is not None:
+            self.reload()
+
     def catch_up(self) -> int:
         """Serve what is active now: a new version or a rollback is loaded, else new live changes
         applied. Returns the last change applied."""
@@ -302,10 +313,14 @@ class Searcher:
         if not rerank:
             return self._search(view, vec, k, filters, encode_s=time.perf_counter() - t0)
         reranker = self.reranker
-        if reranker is None:
+        if reranker is None and not self.reranker_pending:
             raise InvalidInputError("reranking is off on this server (CATALENS_RERANKER=none)")
         top_n = max(k, rerank_top_n or self.settings.rerank_top_n)
         outcome = self._search(view, vec, top_n, filters, encode_s=time.perf_counter() - t0)
+        if reranker is None:
+            LOG.info("the reranker is still loading; first-stage order returned")
+            outcome.hits = outcome.hits[:k]
+            return outcome
         return self._rerank(reranker, view, query, outcome, k)
 
     def _rerank(self, reranker: Reranker, view: View, query: str, outcome: SearchOutcome, k: int) -> SearchOutcome:

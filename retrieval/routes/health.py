@@ -25,8 +25,9 @@ def readyz(searcher: SearcherDep) -> JSONResponse:
     snap = searcher.current
     if snap is None:
         raise IndexNotReadyError(NOT_READY_MESSAGE)
+    reranker = "ready" if searcher.reranker is not None else "loading" if searcher.reranker_pending else "off"
     return JSONResponse({"status": "ready", "index_version": snap.version_id, "vectors": snap.images.ntotal,
-                         "runtime": searcher.encoder.runtime})
+                         "runtime": searcher.encoder.runtime, "reranker": reranker})
 
 
 @router.get("/metrics", include_in_schema=False)
