@@ -222,3 +222,25 @@ def test_image_rerank_rescores_with_the_mirrored_query_and_keeps_the_product_fir
     assert body["reranked"] is True
     assert body["results"][0]["product_id"] == row["product_id"]
     assert all(r["first_stage_score"] is not None and r["rerank_score"] == r["score"] for r in body["results"])
+
+
+def test_a_reranker_still_loading_gives_the_first_stage_order_then_reranks(sample_index, encoder, reranker) -> None:
+    """`catalens serve` answers before its reranker is loaded: rerank requests meanwhile get the
+    first-stage order (reranked false), never an error; once attached, the version's stored
+    features are used."""
+    from catalens.errors import InvalidInputError
+    from catalens.filters import Filters
+    from tests.support import searcher_on
+
+    searcher = searcher_on(sample_index, encoder, None)
+    with pytest.raises(InvalidInputError):  # no reranker and none coming: reranking is off
+        searcher.search_text("red mug", 5, Filters(), rerank=True)
+    searcher.reranker_pending = True
+    waiting = searcher.search_text("red mug", 5, Filters(), rerank=True)
+    plain = searcher.search_text("red mug", 5, Filters())
+    assert not waiting.reranked and [h.product.pk for h in waiting.hits] == [h.product.pk for h in plain.hits]
+    assert searcher.snapshot.rerank is None  # features of a reranker it does not have: not used
+    searcher.attach_reranker(reranker)
+    done = searcher.search_text("red mug", 5, Filters(), rerank=True)
+    assert done.reranked and searcher.snapshot.rerank is not None
+    assert all(h.rerank_score is not None for h in done.hits)
