@@ -223,17 +223,6 @@ class MilvusStore:
         return [(float(hit["distance"]), int(hit["id"]), int(hit["entity"]["pk"]), int(hit["entity"]["position"]))
                 for hit in result[0]]
 
-    def vectors(self, version_id: str, vids: np.ndarray) -> np.ndarray:
-        """The stored vectors of these ids, in that order (zeros for an id not there)."""
-        if not len(vids):
-            return np.zeros((0, 0), np.float32)
-        found = self.call("query", self.name(version_id), filter=f"vid in {[int(v) for v in vids]}",
-                          output_fields=["vid", "vector"], consistency_level=CONSISTENCY)
-        by_vid = {int(r["vid"]): np.asarray(r["vector"], np.float32) for r in found}
-        dim = len(next(iter(by_vid.values()))) if by_vid else 0
-        return np.stack([by_vid.get(int(v), np.zeros(dim, np.float32)) for v in vids]) if by_vid \
-            else np.zeros((len(vids), 0), np.float32)
-
     def _rows_of(self, version_id: str, pks: list[int]) -> dict[int, list[tuple[int, int, np.ndarray]]]:
         """(vid, position, vector) of the rows each product has now."""
         out: dict[int, list[tuple[int, int, np.ndarray]]] = {}

@@ -114,20 +114,25 @@ def postgres() -> Iterator[Any]:
         yield pg
 
 
-@pytest.fixture(scope="session")
-def pg_sample_index(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory, encoder, reranker,
-                    postgres) -> SampleIndex:
-    """The sample index again, its catalog of record in PostgreSQL."""
+def _sample_on_engines(sample_dir: Path, index_dir: Path, encoder: Any, reranker: Any, *,
+                       database_url: str | None = None, vector_store: str = "faiss") -> SampleIndex:
+    """The session's sample catalog built again on other engines (same model, same catalog)."""
     from catalens.config import Settings
     from indexer.embedder import Embedder
     from indexer.runner import BuildOptions, build_index
 
-    index_dir = tmp_path_factory.mktemp("pg-index")
-    url = postgres.create()
-    settings = Settings(index_dir=index_dir, database_url=url, threads=1)
+    settings = Settings(index_dir=index_dir, database_url=database_url, vector_store=vector_store, threads=1)
     build_index(settings, BuildOptions(catalog=sample_dir / "catalog.csv", progress=False), encoder=encoder,
                 embedder=Embedder(encoder, reranker=reranker))
-    return SampleIndex(sample_dir, index_dir, url)
+    return SampleIndex(sample_dir, index_dir, database_url, vector_store)
+
+
+@pytest.fixture(scope="session")
+def pg_sample_index(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory, encoder, reranker,
+                    postgres) -> SampleIndex:
+    """The sample index again, its catalog of record in PostgreSQL."""
+    return _sample_on_engines(sample_dir, tmp_path_factory.mktemp("pg-index"), encoder, reranker,
+                              database_url=postgres.create())
 
 
 @pytest.fixture(scope="session")
@@ -161,16 +166,8 @@ def milvus() -> Iterator[Any]:
 def milvus_sample_index(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory, encoder, reranker,
                         milvus) -> SampleIndex:
     """The sample index again, its vectors in Milvus."""
-    from catalens.config import Settings
-    from indexer.embedder import Embedder
-    from indexer.runner import BuildOptions, build_index
-
-    index_dir = tmp_path_factory.mktemp("milvus-index")
-    url = milvus_url(milvus)
-    settings = Settings(index_dir=index_dir, vector_store=url, threads=1)
-    build_index(settings, BuildOptions(catalog=sample_dir / "catalog.csv", progress=False), encoder=encoder,
-                embedder=Embedder(encoder, reranker=reranker))
-    return SampleIndex(sample_dir, index_dir, vector_store=url)
+    return _sample_on_engines(sample_dir, tmp_path_factory.mktemp("milvus-index"), encoder, reranker,
+                              vector_store=milvus_url(milvus))
 
 
 @pytest.fixture(scope="session")

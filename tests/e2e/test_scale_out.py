@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -146,34 +146,48 @@ class Load:
         return acknowledged[-1]
 
 
+@contextlib.contextmanager
+def served(index: Path, rows: list[dict[str, str]], tmp_path: Path, encoder: Any) -> Iterator[Server]:
+    """A server over an index of 30 rows, built on the engines the environment names; 2 s engine timeout."""
+    build_in_process(index, write_rows(tmp_path / "catalog.csv", rows[:30]), encoder)
+    server = start_server(index, env={"CATALENS_API_KEY": KEY, "CATALENS_ENGINE_TIMEOUT_S": "2"},
+                          log=tmp_path / "serve.log")
+    try:
+        yield server
+    finally:
+        stop_server(server)
+
+
+def outage_under_load(server: Server, product_id: str, engine: Any, *, back: Callable[[Load], bool],
+                      pause_s: float = 0.0) -> Load:
+    """Load, the engine stopped for ~4 s (plus pause_s) and started again, until `back` says the
+    service recovered (its answers are then checked by the caller)."""
+    with Load(server, product_id) as load:
+        time.sleep(2)
+        engine.stop()
+        time.sleep(4 + pause_s)
+        engine.start()
+        wait_for(lambda: back(load), 90)
+        time.sleep(1)
+    return load
+
+
 def test_postgres_stopped_and_restarted_under_load(world: tuple[list[dict[str, str]], Path], tmp_path: Path,
                                                   encoder: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Searches never touch the database; edits get 503 + Retry-After while it is down, and none acknowledged is lost."""
     from bench.engines import postgres_server
 
     rows, _ = world
+    target = rows[0]["product_id"]
     with postgres_server() as pg:  # its own server: this test stops it
         monkeypatch.setenv("CATALENS_DATABASE_URL", pg.create())
-        index = tmp_path / "idx"
-        build_in_process(index, write_rows(tmp_path / "c.csv", rows[:30]), encoder)
-        server = start_server(index, env={"CATALENS_API_KEY": KEY, "CATALENS_ENGINE_TIMEOUT_S": "2"},
-                              log=tmp_path / "serve.log")
-        target = rows[0]["product_id"]
-        try:
-            with Load(server, target) as load:
-                time.sleep(2)
-                pg.stop()
-                time.sleep(4)
-                down = len(load.edits)
-                pg.start()
-                wait_for(lambda: any(s == 200 for s, _, _ in load.edits[down:]), 60)
-                time.sleep(1)
+        with served(tmp_path / "idx", rows, tmp_path, encoder) as server:
+            load = outage_under_load(server, target, pg, back=lambda load: load.edits[-1][0] == 200
+                                     and any(s == 503 for s, _, _ in load.edits))
             last = load.check()
             assert any(s == 503 for s, _, _ in load.edits), "the outage was never seen by an edit"
             assert all(s == 200 for s, _ in load.searches), "a search needed the database"
             wait_for(lambda: httpx.get(f"{server.url}/v1/products/{target}", timeout=10).json()["price"] == last)
-        finally:
-            stop_server(server)
 
 
 def test_milvus_stopped_and_restarted_under_load(world: tuple[list[dict[str, str]], Path], tmp_path: Path,
@@ -181,33 +195,21 @@ def test_milvus_stopped_and_restarted_under_load(world: tuple[list[dict[str, str
     """Searches get 503 + Retry-After while Milvus is down and come back by themselves; edits taken
     meanwhile are logged (200) and reach Milvus when it returns."""
     rows, _ = world
+    target = rows[0]["product_id"]
     mv = milvus  # the session's server (two embedded Milvus servers do not start side by side): stopped, restarted
     with contextlib.ExitStack() as restore:
         restore.callback(lambda: mv.server.running or mv.start())
         monkeypatch.setenv("CATALENS_VECTOR_STORE", milvus_url(mv))
-        index = tmp_path / "idx"
-        build_in_process(index, write_rows(tmp_path / "d.csv", rows[:30]), encoder)
-        server = start_server(index, env={"CATALENS_API_KEY": KEY, "CATALENS_ENGINE_TIMEOUT_S": "2"},
-                              log=tmp_path / "serve.log")
-        target = rows[0]["product_id"]
-        try:
-            with Load(server, target) as load:
-                time.sleep(2)
-                mv.stop()
-                time.sleep(4)
-                down = len(load.searches)
-                time.sleep(2)  # the old process's ports are free again: the same port comes back
-                mv.start()
-                wait_for(lambda: any(s == 200 for s, _ in load.searches[down:]), 90)
-                time.sleep(1)
+        with served(tmp_path / "idx", rows, tmp_path, encoder) as server:
+            # pause_s: the old process's ports are free again, so the same port comes back.
+            load = outage_under_load(server, target, mv, pause_s=2, back=lambda load: load.searches[-1][0] == 200
+                                     and any(s == 503 for s, _ in load.searches))
             last = load.check()
             assert any(s == 503 for s, _ in load.searches), "the outage was never seen by a search"
             # The last acknowledged price is what Milvus filters on now: no edit lost.
             resp = httpx.post(f"{server.url}/v1/search/text", timeout=30, json={
                 "query": rows[0]["title"], "k": 5, "filters": {"price_min": last, "price_max": last}})
             assert resp.status_code == 200 and [r["product_id"] for r in resp.json()["results"]] == [target]
-        finally:
-            stop_server(server)
 
 
 def test_engine_urls_with_a_wrong_scheme_are_one_line_errors_at_start(tmp_path: Path) -> None:
@@ -233,6 +235,12 @@ def test_milvus_matches_faiss_on_the_held_out_evaluation(sample_index: SampleInd
                                                          searchers: tuple[Any, Any]) -> None:
     from retrieval.evaluation import evaluate_queries
 
+    on_milvus = searchers[1]
+
+    def no_faiss(*args: Any) -> Any:
+        raise AssertionError("a Milvus-backed searcher searched its FAISS file")
+
+    on_milvus.snapshot.images.search = on_milvus.snapshot.images.search_filtered = no_faiss
     faiss_scores, milvus_scores = (evaluate_queries(s, sample_index.sample_dir / "queries.jsonl")
                                    for s in searchers)
     assert faiss_scores.keys() == milvus_scores.keys()
