@@ -61,6 +61,8 @@ class ClipTokenizer:
         vocab = list(self.byte_encoder.values())
         vocab += [v + "</w>" for v in vocab] + ["".join(m) for m in merges] + ["<start_of_text>", "<end_of_text>"]
         self.encoder = {token: i for i, token in enumerate(vocab)}
+        self._decoder = dict(enumerate(vocab))
+        self._byte_decoder = {c: b for b, c in self.byte_encoder.items()}
         self.bpe_ranks = {m: i for i, m in enumerate(merges)}
         self.cache: dict[str, str] = {"<start_of_text>": "<start_of_text>", "<end_of_text>": "<end_of_text>"}
         self.pattern = regex.compile(
@@ -111,6 +113,12 @@ class ClipTokenizer:
             token = "".join(self.byte_encoder[b] for b in token.encode("utf-8"))
             ids.extend(self.encoder[t] for t in self._bpe(token).split(" "))
         return ids
+
+    def decode(self, ids: list[int]) -> str:
+        """The text of BPE ids (start and end tokens dropped), as open_clip's tokenizer decodes."""
+        words = "".join(self._decoder[i] for i in ids if i not in (SOT, EOT)).split("</w>")
+        raw = [bytearray(self._byte_decoder[c] for c in word).decode("utf-8", errors="replace") for word in words]
+        return " ".join(w for w in raw if w)
 
     def __call__(self, texts: list[str], *, pad_to_context: bool = False) -> np.ndarray:
         seqs = []

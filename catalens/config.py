@@ -68,11 +68,26 @@ class Settings(BaseSettings):
     api_key: str | None = None
     reranker: str = Field(default="catalens-itm", description="second stage: bundled name, 'blip:<id>', "
                           "'coca:<model>@<pretrained>' or 'none'")
+    describe: Literal["off", "missing"] = Field(default="off", description="missing: builds write a generated "
+                                                "description for products without one (as index build --describe)")
     rerank_features: bool = Field(default=True, description="store the reranker's image features at index time")
     rerank_top_n: int = Field(default=20, ge=1, le=100, description="candidates the reranker reads by default")
     rerank_budget_ms: float = Field(default=500.0, gt=0, description="past it, the first-stage order is returned")
     rerank_weight: float = Field(default=20.0, ge=0, le=1000,
                                  description="final score = logit(rerank score) + w * first-stage score (0: reranker only)")
+
+    search_mode: Literal["hybrid", "vector", "keyword"] = Field(
+        default="hybrid", description="text search: keyword (BM25) and vector rankings fused, or one of them")
+    fusion: Literal["rrf", "rsf"] = Field(default="rsf", description="how hybrid fuses the two rankings: reciprocal "
+                                          "rank fusion or relative score fusion (min-max scaled scores)")
+    rrf_k: float = Field(default=60.0, gt=0, description="the RRF constant: score = sum of weight / (k + rank)")
+    vector_weight: float = Field(default=1.0, ge=0, le=100, description="weight of the vector ranking in hybrid")
+    keyword_weight: float = Field(default=0.2, ge=0, le=100, description="weight of the keyword ranking in hybrid")
+    full_match_weight: float = Field(default=1.0, ge=0, le=100, description="hybrid: a product containing every "
+                                     "query word gets this many first-place votes")
+    fusion_depth: int = Field(default=50, ge=1, le=1000, description="candidates each ranking gives to fusion")
+    match_threshold: float = Field(default=0.5, ge=0, le=1, description="a response has no_good_match when no "
+                                   "result's match probability reaches this")
 
     compact_after: int = Field(default=10_000, ge=0, description="live changes after which the service folds them "
                                "into a new snapshot in the background (0: only `catalens index compact`)")

@@ -20,13 +20,15 @@ def _build(args: argparse.Namespace, settings: Settings, *, full: bool) -> int:
     _check_engine(args.engine, args.ray_address)
     options = BuildOptions(catalog=args.catalog, images_root=args.images_root, strict=args.strict,
                            factory=args.faiss_factory, full=full, progress=not args.quiet, keep=args.keep,
-                           caption=args.caption, engine=args.engine, ray_address=args.ray_address)
+                           caption=args.caption, describe=args.describe, engine=args.engine,
+                           ray_address=args.ray_address)
     summary = build_index(settings, options)
     text = (f"index version {summary.version_id} is active: read {summary.read} rows, indexed "
             f"{summary.indexed}, skipped {summary.skipped}, deleted {summary.deleted}; images ok "
             f"{summary.images_ok}, failed {summary.images_failed}; embedded {summary.embedded}, "
             f"from cache {summary.cached}; texts embedded {summary.texts_embedded}, from cache "
-            f"{summary.texts_cached}; {summary.vectors} vectors ({summary.factory}) in {summary.seconds}s")
+            f"{summary.texts_cached}; {summary.vectors} vectors ({summary.factory}) in {summary.seconds}s"
+            + (f"; {summary.described} descriptions generated" if summary.described else ""))
     if summary.errors_hint:
         text += f"\nerrors were recorded; list them with: {summary.errors_hint}"
         for line in summary.error_lines[:5]:
@@ -224,6 +226,9 @@ def _build_flags(p: argparse.ArgumentParser, *, catalog_required: bool) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--caption", action="store_true",
                    help="store a generated caption per image (needs a reranker that can caption, e.g. coca:...)")
+    p.add_argument("--describe", action="store_true",
+                   help="write a generated description for products without one (the bundled captioner; "
+                        "CATALENS_DESCRIBE=missing does it on every build)")
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="where images are decoded and embedded: this process, or Ray Data tasks and actors "
                         "(needs catalens[ray])")

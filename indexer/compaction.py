@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from catalens import artifacts, changes
+from catalens.calibration import CALIBRATION, load_calibration
 from catalens.config import Settings
 from catalens.db import Sessions, open_database
 from catalens.editing import CompactSummary
@@ -93,7 +94,9 @@ def _compact_unlocked(settings: Settings, sessions: Sessions, manifest: artifact
     new = write_snapshot(records, staging, cache, ModelSpec(manifest.model, manifest.pretrained), manifest.dim,
                          manifest.model_id, version_id=version_id, catalog=manifest.catalog,
                          checksum=manifest.catalog_checksum, factory=manifest.factory,
-                         images_root=manifest.images_root, watermark=watermark, features=features)
+                         images_root=manifest.images_root, watermark=watermark, features=features,
+                         # Same model, nearly the same catalog: the active version's fit still holds.
+                         calibration=load_calibration(path / CALIBRATION) if CALIBRATION in manifest.files else None)
     summary = {"compacted": state.version_id, "folded": len(log), "watermark": watermark}
     deadline = time.monotonic() + PUBLISH_WAIT_S
     while True:

@@ -22,6 +22,7 @@ from catalens.encoder import ClipEncoder, ModelSpec, load_clip
 from catalens.errors import CaptionUnsupportedError, CatalensError
 from catalens.reranker import load_reranker
 from indexer import publish
+from indexer.calibrate import fit_calibration
 from indexer.catalog import CatalogRow, check_catalog_path
 from indexer.embedder import EmbedCounts, Embedder, embed_images, embed_texts
 from indexer.embedding_cache import Caches, EmbeddingCache, feature_cache, remove_partial_shards
@@ -53,6 +54,7 @@ class BuildSummary:
     cached: int = 0  # images whose vector came from the embedding cache (no model time)
     texts_embedded: int = 0  # distinct product texts run through the model
     texts_cached: int = 0  # product texts whose vector came from the cache
+    described: int = 0  # products given a generated description (--describe)
     vectors: int = 0
     factory: str = ""
     seconds: float = 0.0
@@ -76,6 +78,7 @@ class BuildOptions:
     progress: bool = True
     keep: int = 3
     caption: bool = False  # store a generated caption per image (needs a reranker that can caption)
+    describe: bool = False  # write a generated description for products without one (the bundled captioner)
     # Images that failed in an earlier build are dead letters: read again only when their
     # product is upserted, their source changes, or a build asks for it here.
     retry_failed: bool = False
@@ -185,6 +188,9 @@ def _run_stages(settings: Settings, options: BuildOptions, sessions: Sessions, e
         else:
             embed_images(jobs, reader, embedder, caches, sessions=sessions, version_id=version_id, counts=counts,
                          batch_size=settings.batch_size, workers=settings.decode_workers, progress=options.progress)
+        if options.describe or settings.describe == "missing":
+            summary.described = _describe(settings, sessions, cache, encoder, scope)
+            texts, summary.texts_cached = text_jobs(sessions, cache, scope=scope)  # the new descriptions' texts
         embed_texts(texts, embedder, cache, counts, batch_size=settings.batch_size)
         summary.images_ok, summary.images_failed = counts.images_ok, counts.images_failed
         summary.embedded, summary.cached, summary.texts_embedded = counts.embedded, counts.cached, counts.texts_embedded
@@ -200,13 +206,29 @@ def _run_stages(settings: Settings, options: BuildOptions, sessions: Sessions, e
         manifest = write_version(settings, sessions, cache, encoder.spec, encoder.dim, encoder.model_id,
                                  version_id=version_id, features=features, images_root=base_root,
                                  catalog=base_catalog, checksum=base_checksum, factory=options.factory,
-                                 watermark=watermark)
+                                 watermark=watermark,
+                                 calibrate=lambda records: fit_calibration(records, encoder, embedder.reranker,
+                                                                           cache, features))
         summary.vectors, summary.factory = manifest.count, manifest.factory
         if summary.skipped or summary.images_failed:
             summary.errors_hint = f"catalens index errors --index-dir {settings.index_dir} --version {version_id}"
         publish.check_failure_ratio(settings, images_ok=summary.images_ok, images_failed=summary.images_failed,
                                     full=options.full)
     return manifest, cache
+
+
+def _describe(settings: Settings, sessions: Sessions, cache: EmbeddingCache, encoder: ClipEncoder,
+              scope: set[str] | None) -> int:
+    """Generated descriptions for the products without one; the captioner must read this CLIP."""
+    from catalens.captioner import CaptionerConfig, bundled_captioner_dir, load_captioner
+    from indexer.describe import describe_missing
+
+    folder = bundled_captioner_dir()
+    if not folder.is_dir() or CaptionerConfig.load(folder).base_model != encoder.spec.model:
+        raise CaptionUnsupportedError(
+            f"--describe needs a captioner for the model {encoder.spec.model!r}; the bundled one reads "
+            f"{CaptionerConfig.load(folder).base_model if folder.is_dir() else 'nothing'}")
+    return describe_missing(sessions, cache, load_captioner(folder), scope=scope)
 
 
 def _base_catalog(settings: Settings) -> tuple[str, str, str]:

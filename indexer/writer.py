@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from catalens import artifacts
 from catalens.artifacts import TEXT_ID_BASE
+from catalens.calibration import CALIBRATION, Calibration, save_calibration
 from catalens.config import Settings
 from catalens.db import Sessions
 from catalens.encoder import ModelSpec
 from catalens.errors import PublishRefusedError
+from catalens.keywords import KEYWORDS, write_keyword_index
 from catalens.product_table import PRODUCTS, write_products
 from catalens.records import ProductRecord
 from indexer.embedding_cache import EmbeddingCache
@@ -53,22 +56,24 @@ def text_vectors(records: list[ProductRecord], cache: EmbeddingCache, dim: int) 
 
 def write_version(settings: Settings, sessions: Sessions, cache: EmbeddingCache, spec: ModelSpec, dim: int,
                   model_id: str, *, version_id: str, catalog: str, checksum: str, factory: str | None,
-                  images_root: str = "", watermark: int = 0,
-                  features: EmbeddingCache | None = None) -> artifacts.Manifest:
-    """A whole snapshot of the catalog of record into staging/, validated (see write_snapshot)."""
+                  images_root: str = "", watermark: int = 0, features: EmbeddingCache | None = None,
+                  calibrate: Callable[[list[ProductRecord]], Calibration | None] | None = None) -> artifacts.Manifest:
+    """A whole snapshot of the catalog of record into staging/, validated (see write_snapshot);
+    `calibrate` fits its match probabilities on its records."""
     with sessions() as session:
         records = read_records(session)
     return write_snapshot(records, artifacts.staging_dir(settings.index_dir, version_id), cache, spec, dim, model_id,
                           version_id=version_id, catalog=catalog, checksum=checksum, factory=factory,
-                          images_root=images_root, watermark=watermark, features=features)
+                          images_root=images_root, watermark=watermark, features=features,
+                          calibration=calibrate(records) if calibrate else None)
 
 
 def write_snapshot(records: list[ProductRecord], staging: Path, cache: EmbeddingCache, spec: ModelSpec, dim: int,
                    model_id: str, *, version_id: str, catalog: str, checksum: str, factory: str | None,
-                   images_root: str = "", watermark: int = 0,
-                   features: EmbeddingCache | None = None) -> artifacts.Manifest:
+                   images_root: str = "", watermark: int = 0, features: EmbeddingCache | None = None,
+                   calibration: Calibration | None = None) -> artifacts.Manifest:
     """These products as a version in `staging`, validated: both FAISS indexes, the products file, the
-    reranker features; `watermark` is the last live change it holds. Vectors come from the caches."""
+    keyword index, the match-probability calibration, the reranker features; `watermark` is the last live change it holds. Vectors come from the caches."""
     img_ids, img_vecs, owned = collect_vectors(records, cache, dim)
     text_ids, text_vecs = text_vectors(records, cache, dim)
     factory = factory or artifacts.default_factory(len(img_ids))
@@ -83,8 +88,13 @@ def write_snapshot(records: list[ProductRecord], staging: Path, cache: Embedding
         reranker=_feature_owner(features) if rerank is not None else None)
     staging.mkdir(parents=True, exist_ok=True)
     write_products(staging / PRODUCTS, records, owned)
+    write_keyword_index(staging / KEYWORDS, records)
+    written: tuple[str, ...] = (PRODUCTS, KEYWORDS)
+    if calibration is not None:
+        save_calibration(staging / CALIBRATION, calibration)
+        written += (CALIBRATION,)
     artifacts.write_version_files(staging, manifest=manifest, images=images, texts=texts, rerank=rerank,
-                                  written=(PRODUCTS,))
+                                  written=written)
     artifacts.load_version(staging)  # validate what was written: counts, dimension, checksums
     return manifest
 

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -50,9 +51,14 @@ def body_limits(settings: Settings) -> tuple[list[BodyLimit], BodyLimit]:
     """Per-path body limits: uploads, admin, and the JSON limit for every other route."""
     upload = BodyLimit("/v1/search/image", settings.max_upload_bytes, "CATALENS_MAX_UPLOAD_BYTES",
                        what="upload", slack=MULTIPART_SLACK)
+    describe = BodyLimit("/v1/describe", settings.max_upload_bytes, "CATALENS_MAX_UPLOAD_BYTES",
+                         what="upload", slack=MULTIPART_SLACK)
     admin = BodyLimit("/v1/admin", settings.max_admin_body_bytes, "CATALENS_MAX_ADMIN_BODY_BYTES")
+    # A mix carries its image as base64 (4/3 of the bytes) beside a small JSON body.
+    mix = BodyLimit("/v1/search/mix", settings.max_upload_bytes * 4 // 3 + settings.max_json_bytes,
+                    "CATALENS_MAX_UPLOAD_BYTES", what="upload")
     default = BodyLimit("/", settings.max_json_bytes, "CATALENS_MAX_JSON_BYTES")
-    return [upload, admin], default
+    return [upload, describe, admin, mix], default
 
 
 def create_searcher(settings: Settings, *, rerank: bool = True) -> Searcher:
@@ -69,7 +75,20 @@ def create_searcher(settings: Settings, *, rerank: bool = True) -> Searcher:
     reranker = load_reranker(settings.reranker, clip=torch_clip,
                              device=torch_clip.device if torch_clip else "cpu") if rerank else None
     set_threads(settings.torch_threads())
-    return Searcher(settings, sessions, encoder, reranker=reranker)
+    searcher = Searcher(settings, sessions, encoder, reranker=reranker)
+    if rerank:
+        searcher.captioner = load_bundled_captioner(settings)
+    return searcher
+
+
+def load_bundled_captioner(settings: Settings) -> Any:
+    """The bundled captioner when the served CLIP is the one it reads (torch: loaded with the reranker)."""
+    from catalens.captioner import CaptionerConfig, bundled_captioner_dir, load_captioner
+
+    folder = bundled_captioner_dir()
+    if not folder.is_dir() or CaptionerConfig.load(folder).base_model != settings.model:
+        return None
+    return load_captioner(folder)
 
 
 def try_reload(searcher: Searcher) -> None:
@@ -105,12 +124,13 @@ async def watch_index(searcher: Searcher, interval_s: float) -> None:
 
 
 def warm_up(searcher: Searcher, editor: CatalogEditor | None, settings: Settings) -> None:
-    """After the server is ready: load the reranker (torch, seconds) and hand it to the searcher and
-    the editor, then prepare the editor. Logged, never raised: reranking stays off on failure."""
+    """After the server is ready: load the captioner and the reranker (torch, seconds) and hand them to
+    the searcher (and the reranker to the editor), then prepare the editor. Logged, never raised: reranking stays off on failure."""
     from catalens.encoder import ClipEncoder
     from catalens.reranker import load_reranker
 
     try:
+        searcher.captioner = load_bundled_captioner(settings)
         clip = searcher.encoder if isinstance(searcher.encoder, ClipEncoder) else None
         reranker = load_reranker(settings.reranker, clip=clip, device=clip.device if clip else "cpu")
         if reranker is None:
@@ -188,9 +208,9 @@ def create_app(settings: Settings | None = None, *, searcher: Searcher | None = 
                            allow_headers=["Content-Type", "Authorization", "X-API-Key"])
     app.add_middleware(SecurityHeadersMiddleware)
 
-    from retrieval.routes import admin, config, health, products, search
+    from retrieval.routes import admin, config, describe, health, products, search
 
-    for router in (search.router, products.router, health.router, admin.router, config.router):
+    for router in (search.router, describe.router, products.router, health.router, admin.router, config.router):
         app.include_router(router, responses=COMMON_ERRORS)
     if (WEB_DIR / "index.html").is_file():
         app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")

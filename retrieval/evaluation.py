@@ -11,23 +11,37 @@ from typing import Any
 METRIC_KS = (1, 5, 10)
 
 
-def score_rankings(ranked: Sequence[Sequence[str]], relevant: Sequence[set[str]]) -> dict[str, float]:
-    """Recall@K (share of queries with a relevant item in the top K), MRR and nDCG@10."""
+def score_rankings(ranked: Sequence[Sequence[str]], relevant: Sequence[set[str]],
+                   grades: Sequence[dict[str, float] | None] | None = None,
+                   flagged: Sequence[bool] | None = None) -> dict[str, float]:
+    """Recall@K (share of queries with a relevant item in the top K), MRR, nDCG@10 (graded when a
+    query has grades: linear gains) and `flagged`, the share answered with no_good_match.
+
+    Ranking metrics average over the queries that have relevant items (an off-catalog query
+    has none: it counts only in `flagged`); `n` counts every query.
+    """
     n = len(ranked)
-    if n == 0:
-        return {"n": 0, **{f"recall@{k}": 0.0 for k in METRIC_KS}, "mrr": 0.0, "ndcg@10": 0.0}
+    flagged_share = round(sum(flagged) / n, 4) if flagged and n else 0.0
+    judged = [i for i, rel in enumerate(relevant) if rel]
+    if not judged:
+        return {"n": n, **{f"recall@{k}": 0.0 for k in METRIC_KS}, "mrr": 0.0, "ndcg@10": 0.0,
+                "flagged": flagged_share}
     hits = {k: 0 for k in METRIC_KS}
     mrr = ndcg = 0.0
-    for ids, rel in zip(ranked, relevant):
-        first = next((i for i, pid in enumerate(ids) if pid in rel), None)
+    for i in judged:
+        ids, rel = ranked[i], relevant[i]
+        gain = (grades[i] if grades and grades[i] else None) or dict.fromkeys(rel, 1.0)
+        first = next((r for r, pid in enumerate(ids) if pid in rel), None)
         for k in METRIC_KS:
             hits[k] += first is not None and first < k
         mrr += 0.0 if first is None else 1.0 / (first + 1)
-        dcg = sum(1.0 / math.log2(i + 2) for i, pid in enumerate(ids[:10]) if pid in rel)
-        ideal = sum(1.0 / math.log2(i + 2) for i in range(min(len(rel), 10)))
+        dcg = sum(gain.get(pid, 0.0) / math.log2(r + 2) for r, pid in enumerate(ids[:10]))
+        best = sorted(gain.values(), reverse=True)[:10]
+        ideal = sum(g / math.log2(r + 2) for r, g in enumerate(best))
         ndcg += dcg / ideal if ideal else 0.0
-    return {"n": n, **{f"recall@{k}": round(hits[k] / n, 4) for k in METRIC_KS},
-            "mrr": round(mrr / n, 4), "ndcg@10": round(ndcg / n, 4)}
+    m = len(judged)
+    return {"n": n, **{f"recall@{k}": round(hits[k] / m, 4) for k in METRIC_KS},
+            "mrr": round(mrr / m, 4), "ndcg@10": round(ndcg / m, 4), "flagged": flagged_share}
 
 
 def load_queries(path: Path) -> list[dict[str, Any]]:
@@ -53,26 +67,39 @@ RERANK_SUFFIX = "+rerank"
 
 
 def evaluate_queries(searcher: Any, path: Path, *, k: int = 10, rerank: bool = False,
-                     progress: bool = False) -> dict[str, dict[str, float]]:
-    """Run every labelled query through the searcher; metrics per query set (and `<set>+rerank`)."""
+                     progress: bool = False, mode: str | None = None) -> dict[str, dict[str, float]]:
+    """Run every labelled query through the searcher; metrics per query set (and `<set>+rerank`).
+
+    Text queries run in `mode` (default: the server's); mixed queries (`parts`) are never reranked.
+    """
     from tqdm import tqdm
 
     from catalens.filters import Filters
     from catalens.images import decode_image
+    from retrieval.searcher import MixPart
+
+    def image_at(rel: str) -> Any:
+        return decode_image((path.parent / rel).read_bytes(), max_pixels=searcher.settings.max_image_pixels)
 
     ranked: dict[str, list[list[str]]] = {}
     relevant: dict[str, list[set[str]]] = {}
-    modes = (False, True) if rerank else (False,)
+    grades: dict[str, list[dict[str, float] | None]] = {}
+    flagged: dict[str, list[bool]] = {}
     for q in tqdm(load_queries(path), desc="queries", unit="q", disable=not progress):
-        image = None
-        if "image" in q:
-            image = decode_image((path.parent / q["image"]).read_bytes(), max_pixels=searcher.settings.max_image_pixels)
-        for mode in modes:
-            if image is not None:
-                outcome = searcher.search_image(image, k, Filters(), rerank=mode)
+        image = image_at(q["image"]) if "image" in q else None
+        for reranked in ((False, True) if rerank and "parts" not in q else (False,)):
+            if "parts" in q:
+                parts = [MixPart(text=p.get("text"), image=image_at(p["image"]) if "image" in p else None,
+                                 product_id=p.get("product_id"), weight=float(p.get("weight", 1.0)))
+                         for p in q["parts"]]
+                outcome = searcher.search_mix(parts, k, Filters())
+            elif image is not None:
+                outcome = searcher.search_image(image, k, Filters(), rerank=reranked)
             else:
-                outcome = searcher.search_text(q["text"], k, Filters(), rerank=mode)
-            name = q["set"] + (RERANK_SUFFIX if mode else "")
+                outcome = searcher.search_text(q["text"], k, Filters(), rerank=reranked, mode=mode)
+            name = q["set"] + (RERANK_SUFFIX if reranked else "")
             ranked.setdefault(name, []).append([h.product.product_id for h in outcome.hits])
             relevant.setdefault(name, []).append(set(q["relevant"]))
-    return {name: score_rankings(ranked[name], relevant[name]) for name in ranked}
+            grades.setdefault(name, []).append(q.get("grades"))
+            flagged.setdefault(name, []).append(bool(outcome.no_good_match))
+    return {name: score_rankings(ranked[name], relevant[name], grades[name], flagged[name]) for name in ranked}

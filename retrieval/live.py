@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from cachetools import LRUCache
 
+from catalens import keywords
 from catalens.changes import Change, LiveVectors
 from catalens.filters import Filters
+from catalens.keywords import KeywordIndex, Phrase
 from catalens.records import ProductRecord
 
 if TYPE_CHECKING:
@@ -48,6 +50,9 @@ class LiveLayer:
     passing_cache: LRUCache[Filters, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = field(
         default_factory=lambda: LRUCache(maxsize=16), repr=False, compare=False)
     allowed_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    # The live records' words, an index from word to records and their SKUs: built at the
+    # layer's first keyword query (work in proportion to the layer).
+    _keyword_state: dict[str, dict] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def changed(self) -> int:
@@ -127,6 +132,62 @@ class LiveLayer:
             if len(out) >= want:
                 break
         return out
+
+    def _keyword_tables(self) -> dict[str, dict]:
+        with self.allowed_lock:
+            if not self._keyword_state:
+                docs = {pk: keywords.document_terms(record) for pk, record in self.records.items()}
+                words: dict[str, set[int]] = {}
+                for pk, fields in docs.items():
+                    for field_words in fields:
+                        for word in field_words:
+                            words.setdefault(word, set()).add(pk)
+                skus = {keywords.normalize_sku(sku): pk for pk, record in self.records.items()
+                        if (sku := keywords.sku_of(record))}
+                self._keyword_state.update(docs=docs, words=words, skus=skus)
+            return self._keyword_state
+
+    def keyword_search(self, phrases: list[Phrase], filters: Filters, want: int,
+                       index: KeywordIndex) -> list[tuple[float, int, int, int, int]]:
+        """(BM25 on the snapshot's scale, pk, -1, image position, vector id) of the best `want` live
+        products passing the filters."""
+        if not self.records:
+            return []
+        tables = self._keyword_tables()
+        candidates = set().union(*(tables["words"].get(p[0], set()) for p in phrases))
+        candidates = {pk for pk in candidates if not filters.active or filters.matches(self.records[pk])}
+        if not candidates:
+            return []
+        stats = index.stats(phrases)
+        out = []
+        for pk in candidates:
+            score = keywords.bm25(phrases, tables["docs"][pk], stats)
+            if score > 0:
+                out.append((score, pk, -1, *self.first_vector(pk)))
+        out.sort(key=lambda b: -b[0])
+        return out[:want]
+
+    def keyword_flags(self, phrases: list[Phrase], pks: list[int]) -> tuple[set[int], set[int]]:
+        """(live products among pks containing every phrase with some phrase naming them, those the
+        query names whole: keywords.names)."""
+        docs = self._keyword_tables()["docs"] if self.records else {}
+        fields = {pk: docs[pk] for pk in pks if pk in docs}
+        return ({pk for pk, f in fields.items()
+                 if keywords.contains_all(phrases, f) and keywords.names(phrases, f, every=False)},
+                {pk for pk, f in fields.items() if keywords.names(phrases, f)})
+
+    def sku_match(self, text: str) -> int | None:
+        """The live product whose SKU is exactly the text, if any."""
+        if not self.records:
+            return None
+        return self._keyword_tables()["skus"].get(keywords.normalize_sku(text))
+
+    def first_vector(self, pk: int) -> tuple[int, int]:
+        """(image position or -1, vector id or -1) of a live product's first vector."""
+        lv = self.vectors.get(pk)
+        if lv is None or not len(lv.ids):
+            return -1, -1
+        return int(lv.positions[0]), int(lv.ids[0])
 
     def rerank_features(self, hits: list[tuple[int, int]]) -> tuple[np.ndarray, list[np.ndarray | None]]:
         """For (product pk, vector id) pairs: (mask of those with live reranker features, the features)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import unicodedata
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
@@ -66,6 +66,36 @@ class FiltersIn(BaseModel):
     _finite = field_validator("price_min", "price_max")(require_finite)
 
 
+SearchMode = Literal["hybrid", "vector", "keyword"]
+MAX_MIX_PARTS = 8
+
+
+class MixPartIn(BaseModel):
+    """One part of a mixed query: exactly one of text, image (base64) or product_id, with a weight."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: Text | None = Field(default=None, max_length=MAX_QUERY_CHARS)
+    image: str | None = Field(default=None, description="a JPEG, PNG, WEBP or GIF image, base64 (or a data: URL)")
+    product_id: Text | None = Field(default=None, max_length=200, description="an existing product's id")
+    weight: float = Field(default=1.0, ge=-10, le=10, allow_inf_nan=False,
+                          description="how much of the query this part is; negative pushes results away from it")
+
+    @field_validator("text")
+    @classmethod
+    def _text_not_blank(cls, value: str | None) -> str | None:
+        return None if value is None else clean_query(value)
+
+
+class MixSearchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    parts: list[MixPartIn] = Field(max_length=MAX_MIX_PARTS, description="e.g. an image, +\"blue\" and "
+                                   "-\"dots\" at weight -0.5: like this photo, but blue and without dots")
+    k: int = Field(default=10, ge=1, le=MAX_K, strict=True)
+    filters: FiltersIn = Field(default_factory=FiltersIn)
+
+
 class TextSearchIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -76,6 +106,10 @@ class TextSearchIn(BaseModel):
                          description="reorder the first-stage top candidates with the reranker")
     rerank_top_n: int = Field(default=20, ge=1, le=MAX_RERANK_TOP_N, strict=True,
                               description="first-stage candidates the reranker reads (at least k are read)")
+    mode: SearchMode | None = Field(default=None, description="hybrid: keyword (BM25) and vector rankings fused; "
+                                    "vector or keyword alone (default: the server's CATALENS_SEARCH_MODE, hybrid)")
+    min_score: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False,
+                                    description="drop results whose match_probability is below this")
 
     @field_validator("query")
     @classmethod
@@ -97,6 +131,11 @@ class ResultOut(BaseModel):
     first_stage_score: float | None = Field(default=None, description="CLIP cosine, when reranked")
     rerank_score: float | None = Field(default=None, description="reranker match score in [0, 1], when reranked")
     caption: str | None = Field(default=None, description="caption generated at index time, if stored")
+    match_probability: float | None = Field(
+        default=None, description="calibrated probability in [0, 1] that this product is what the query asks for "
+        "(fitted on the index version's own catalog; null when the version has no calibration)")
+    exact_match: bool = Field(default=False, description="the query names this product (its SKU, its brand or a "
+                              "model code in its text): it comes first and its match_probability is 1")
 
 
 class SearchOut(BaseModel):
@@ -104,6 +143,28 @@ class SearchOut(BaseModel):
     took_ms: float
     index_version: str
     reranked: bool = Field(default=False, description="true when the reranker ordered these results")
+    mode: str = Field(default="vector", description="the ranking that ordered these results")
+    no_good_match: bool = Field(default=False, description="no result reaches the match threshold "
+                                "(CATALENS_MATCH_THRESHOLD): these are only the closest products")
+
+
+class GuessOut(BaseModel):
+    value: str | None = Field(description="the catalog's own value (null: products without one, e.g. no "
+                              "secondary colour)")
+    p: float = Field(description="its probability among the facet's values")
+
+
+class DescribeOut(BaseModel):
+    """Each facet of the catalog (its category and attribute columns with a few values) as a key of its
+    own, e.g. {"category": {"value": "mug", "p": 0.93}, "main_colour": {...}}, beside these fields."""
+
+    model_config = ConfigDict(extra="allow")
+
+    caption: str | None = Field(description="written by the captioner; null past the time budget or without one")
+    title: str = Field(description="a suggested product title")
+    similar: list[ResultOut] = Field(description="the most similar catalog products")
+    index_version: str
+    took_ms: float
 
 
 class ImageOut(BaseModel):
@@ -119,6 +180,8 @@ class ProductOut(BaseModel):
     product_id: str
     title: str
     description: str
+    description_generated: bool = Field(default=False, description="the description was written by the captioner "
+                                        "at index time (`index build --describe`), not by the catalog")
     category: str | None
     brand: str | None
     price: float | None
@@ -195,7 +258,8 @@ def result_from_hit(hit: Any) -> ResultOut:
                      availability=p.availability, image_url=image_url(p.product_id, hit.image_position),
                      thumbnail_url=image_url(p.product_id, hit.image_position, thumb=True),
                      first_stage_score=_rounded(hit.first_stage_score), rerank_score=_rounded(hit.rerank_score),
-                     caption=hit.caption)
+                     caption=hit.caption, match_probability=_rounded(hit.match_probability),
+                     exact_match=hit.exact_match)
 
 
 def _rounded(value: float | None) -> float | None:

@@ -1,4 +1,4 @@
-"""Query path: encoder -> FAISS (filters inside the search) + the live layer -> records.
+"""Query path: encoder -> FAISS (filters inside the search) + keyword BM25, fused -> records.
 
 A request reads one View: an immutable snapshot (an index version: vectors and products) and
 the live layer of changes over it. Nothing on the request path reads the metadata tables.
@@ -21,14 +21,17 @@ import numpy as np
 from cachetools import LRUCache
 from sqlalchemy.orm import Session, sessionmaker
 
-from catalens import artifacts, changes, milvus_store
+from catalens import artifacts, changes, keywords, milvus_store
+from catalens.calibration import CALIBRATION, Calibration, load_calibration
 from catalens.changes import LiveVectors
 from catalens.config import Settings
 from catalens.encoder import QueryEncoder
 from catalens.errors import CatalensError, IndexArtifactError, IndexNotReadyError, InvalidInputError, NotFoundError
+from catalens.facets import FacetPrototypes, Guess
 from catalens.filters import Filters
+from catalens.keywords import KEYWORDS, KeywordIndex, Phrase
 from catalens.product_table import PRODUCTS, ProductTable
-from catalens.ranking import fused_score
+from catalens.ranking import fused_score, reciprocal_rank_fusion, relative_score_fusion
 from catalens.records import ProductRecord
 from catalens.reranker import Reranker
 from retrieval.live import LiveLayer
@@ -42,8 +45,11 @@ FILTERED_FETCH_FACTOR = 2
 FILTERED_MIN_FETCH = 32
 ALLOWED_CACHE_SIZE = 64  # filters whose allowed vectors a snapshot keeps (1 B per vector each)
 FACETS_FIELDS = ("category", "brand", "availability")
+MIX_DEPTH = 100  # candidates each positive part of a mixed query brings
+# Under reranking, containing every query word adds this many logits (times full_match_weight).
+FULL_MATCH_LOGIT = 2.0
 
-__all__ = ["Filters", "Hit", "SearchOutcome", "Searcher", "Snapshot", "View", "load_snapshot"]
+__all__ = ["Filters", "Hit", "MixPart", "SearchOutcome", "Searcher", "Snapshot", "View", "load_snapshot"]
 
 
 @dataclass
@@ -54,6 +60,11 @@ class Hit:
     vector_id: int = -1  # the product's best-matching vector (its image, or its text fallback)
     first_stage_score: float | None = None
     rerank_score: float | None = None
+    similarity: float | None = None  # the query's cosine with the product's best vector
+    exact_match: bool = False  # the query names this product: its SKU, brand or a model code
+    full_match: bool = False  # its text contains every word of the query
+    keyword_score: float | None = None  # its BM25 score, when the keyword ranking found it
+    match_probability: float | None = None  # calibrated P(match), when the version has a calibration
 
     @property
     def caption(self) -> str | None:
@@ -62,12 +73,35 @@ class Hit:
         return img.caption if img else None
 
 
+@dataclass(frozen=True)
+class MixPart:
+    """One weighted part of a mixed query: a text, a decoded image or an existing product's id."""
+
+    text: str | None = None
+    image: Any = None
+    product_id: str | None = None
+    weight: float = 1.0
+
+
+@dataclass
+class Description:
+    """What describe says of a photo: each facet's guess, a caption and title, the closest products."""
+
+    attributes: dict[str, Guess]
+    caption: str | None
+    title: str
+    similar: SearchOutcome
+    captioned: bool
+
+
 @dataclass
 class SearchOutcome:
     hits: list[Hit]
     index_version: str
     timings: dict[str, float] = field(default_factory=dict)
     reranked: bool = False
+    no_good_match: bool = False  # no hit's match probability reaches the threshold
+    mode: str = "vector"
 
 
 @dataclass
@@ -78,6 +112,20 @@ class Snapshot:
     images: artifacts.FaissIndex
     products: ProductTable
     rerank: artifacts.RerankFeatures | None = None  # stored second-stage image features
+    keywords: KeywordIndex | None = None
+    calibration: Calibration | None = None
+    texts: artifacts.FaissIndex | None = None  # product text vectors (facet prototypes for describe)
+    facets_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _prototypes: list[FacetPrototypes] = field(default_factory=list, repr=False, compare=False)
+
+    def prototypes(self) -> FacetPrototypes:
+        """The version's facet prototypes, built at the first describe (seconds at 100,000 products)."""
+        with self.facets_lock:
+            if not self._prototypes:
+                texts = self.texts
+                assert texts is not None
+                self._prototypes.append(FacetPrototypes.build(self.products.all_records(), texts.reconstruct))
+            return self._prototypes[0]
     # Vectors allowed per filter (a mask over vector_table), for this version only: shoppers
     # repeat filters (category pages).
     allowed_cache: LRUCache[Filters, np.ndarray] = field(
@@ -144,7 +192,7 @@ def load_snapshot(settings: Settings, encoder: QueryEncoder, reranker_id: str | 
         raise IndexNotReadyError(f"no index in {settings.index_dir}: build one with "
                                  "`catalens index build --catalog FILE`")
     path = artifacts.versions_dir(settings.index_dir) / state.version_id
-    manifest, images, _ = artifacts.load_version(path)
+    manifest, images, texts = artifacts.load_version(path)
     if manifest.model_id != encoder.model_id or manifest.dim != encoder.dim:
         raise IndexArtifactError(
             f"index version {manifest.version_id} was built with model {manifest.model_id!r} "
@@ -154,12 +202,25 @@ def load_snapshot(settings: Settings, encoder: QueryEncoder, reranker_id: str | 
     rerank = artifacts.load_rerank_features(path, manifest)
     if rerank is not None and manifest.reranker != reranker_id:
         # Features of another reranker would be read as garbage: decode candidates instead.
-        LOG.warning("index version %s stores features of reranker %s, not of %s; reranking decodes images",
-                    manifest.version_id, manifest.reranker, reranker_id)
+        # (No reranker on this server, e.g. a CLI search without --rerank: nothing to say.)
+        if reranker_id is not None:
+            LOG.warning("index version %s stores features of reranker %s, not of %s; reranking decodes images",
+                        manifest.version_id, manifest.reranker, reranker_id)
         rerank = None
-    snap = Snapshot(manifest, images, products, rerank)
+    # A version from before keyword indexes gets one built in memory (seconds at 100,000 products).
+    kw = KeywordIndex(path / KEYWORDS) if KEYWORDS in manifest.files else KeywordIndex(None, products.all_records())
+    calibration = load_calibration(path / CALIBRATION) if CALIBRATION in manifest.files else None
+    snap = Snapshot(manifest, images, products, rerank, kw, calibration, texts)
     _ = snap.vector_table, snap.row_offsets  # built here, off the request path
     return snap, state.since_seq
+
+
+def suggested_title(attributes: dict[str, Guess], caption: str | None) -> str:
+    """The caption, capitalised; without one, the guessed values with the category last."""
+    text = caption or " ".join([*(g.value for c, g in attributes.items() if c != "category" and g.value),
+                                *([attributes["category"].value] if "category" in attributes
+                                  and attributes["category"].value else [])])
+    return text[:1].upper() + text[1:]
 
 
 _THREAD_STATE = threading.local()
@@ -185,6 +246,7 @@ class Searcher:
         self.sessions = sessions  # the change log only; never read per request
         self.encoder = encoder
         self.reranker = reranker
+        self.captioner: Any = None  # catalens.captioner.Captioner, for describe (torch: loaded with the reranker)
         # A reranker on its way (loaded after the server is ready): rerank requests get the
         # first-stage order meanwhile, as past the time budget, instead of a 422.
         self.reranker_pending = False
@@ -305,23 +367,155 @@ class Searcher:
         return vec
 
     def search_text(self, query: str, k: int, filters: Filters, *, rerank: bool = False,
-                    rerank_top_n: int | None = None) -> SearchOutcome:
-        """Text-to-image search; with rerank, the reranker reorders the first-stage top_n."""
+                    rerank_top_n: int | None = None, mode: str | None = None,
+                    min_score: float | None = None) -> SearchOutcome:
+        """Text search: the keyword (BM25) and vector rankings fused (mode hybrid), or one of them;
+        with rerank, the reranker reorders the top_n. An exact SKU comes first.
+
+        Hits carry calibrated match probabilities when the version has a calibration; those
+        under min_score are dropped, and no_good_match says that none reached the threshold.
+        """
         view = self.view
-        t0 = time.perf_counter()
-        vec = self.encode_text(query)
-        if not rerank:
-            return self._search(view, vec, k, filters, encode_s=time.perf_counter() - t0)
+        mode = mode or self.settings.search_mode
+        phrases = keywords.parse_query(query) if mode != "vector" else []
         reranker = self.reranker
-        if reranker is None and not self.reranker_pending:
+        if rerank and reranker is None and not self.reranker_pending:
             raise InvalidInputError("reranking is off on this server (CATALENS_RERANKER=none)")
-        top_n = max(k, rerank_top_n or self.settings.rerank_top_n)
-        outcome = self._search(view, vec, top_n, filters, encode_s=time.perf_counter() - t0)
-        if reranker is None:
-            LOG.info("the reranker is still loading; first-stage order returned")
+        want = max(k, rerank_top_n or self.settings.rerank_top_n) if rerank else k
+        t0 = time.perf_counter()
+        vec = self.encode_text(query)  # keyword mode too: the match probability reads the cosine
+        timings = {"encode": time.perf_counter() - t0}
+        best, named, full = self._text_best(view, query, None if mode == "keyword" else vec, phrases, want,
+                                            filters, mode, timings)
+        outcome = self._finish(view, best, want, None, timings)
+        outcome.mode = mode
+        self._attach_similarity(view, outcome.hits, vec)
+        for hit in outcome.hits:
+            hit.exact_match = hit.product.pk in named
+            hit.full_match = hit.product.pk in full
+        if rerank and reranker is not None:
+            outcome = self._rerank(reranker, view, query, outcome, k)
+        else:
+            if rerank:
+                LOG.info("the reranker is still loading; first-stage order returned")
             outcome.hits = outcome.hits[:k]
-            return outcome
-        return self._rerank(reranker, view, query, outcome, k)
+        self._calibrate(view, outcome, min_score)
+        return outcome
+
+    def _text_best(self, view: View, query: str, vec: np.ndarray | None, phrases: list[Phrase], want: int,
+                   filters: Filters, mode: str, timings: dict[str, float]
+                   ) -> tuple[list[tuple[float, int, int, int, int]], set[int], set[int]]:
+        """(fused or single-ranking candidates, pks the query names, pks containing every query word).
+
+        A product the query names (its SKU, its brand, a model code in its text) comes first; in
+        hybrid, one containing every word, some of which name it ("Marlow bucket hat"), gets a
+        vote as strong as a ranking's first place: fusion alone ranks such a hit (first by
+        keywords, anywhere by looks) with the vector ranking's first. Words that only describe a
+        look get no vote: there the vector ranking knows better which product has them.
+        """
+        depth = max(want, self.settings.fusion_depth) if mode == "hybrid" else want
+        vector = self._vector_best(view, vec, depth, filters, timings) if vec is not None else []
+        vector = sorted(vector, key=lambda b: -b[0])[:depth]
+        kw = self._keyword_best(view, phrases, depth, filters, timings) if phrases else []
+        by_pk = {b[1]: b for b in kw} | {b[1]: b for b in vector}  # the vector side knows the best image
+        full, named = self._keyword_flags(view, phrases, list(by_pk.values())) if phrases else (set(), set())
+        if mode == "hybrid":
+            weights = (self.settings.vector_weight, self.settings.keyword_weight)
+            if self.settings.fusion == "rrf":
+                fused = reciprocal_rank_fusion([[b[1] for b in vector], [b[1] for b in kw]], weights,
+                                               self.settings.rrf_k)
+                vote = self.settings.full_match_weight / (self.settings.rrf_k + 1)
+            else:
+                fused = relative_score_fusion([[(b[1], b[0]) for b in vector], [(b[1], b[0]) for b in kw]], weights)
+                vote = self.settings.full_match_weight
+            best = [(score + (vote if pk in full else 0.0), *by_pk[pk][1:]) for pk, score in fused.items()]
+        else:
+            best = vector or kw
+        exact = self._exact_sku(view, query, filters) if phrases else []
+        named |= {b[1] for b in exact}
+        if named:
+            top = max((b[0] for b in best), default=0.0) + 1.0
+            pinned = {b[1]: (top + b[0], *b[1:]) for b in best if b[1] in named}
+            pinned |= {b[1]: (top + 1.0, *b[1:]) for b in exact}  # the SKU itself before its brand's others
+            best = [b for b in best if b[1] not in named] + list(pinned.values())
+        return best, named, full
+
+    def _keyword_flags(self, view: View, phrases: list[Phrase],
+                       candidates: list[tuple[float, int, int, int, int]]) -> tuple[set[int], set[int]]:
+        """(pks of the candidates containing every phrase, one of which names them (a brand, a
+        code), and pks of those the query names whole)."""
+        snap = view.snap
+        assert snap.keywords is not None
+        rows = [b[2] for b in candidates if b[2] >= 0]
+        pk_of = {b[2]: b[1] for b in candidates if b[2] >= 0}
+        partly = snap.keywords.names(phrases, rows, every=False)
+        full = {pk_of[r] for r in snap.keywords.matching_all(phrases, [r for r in rows if r in partly])}
+        named = {pk_of[r] for r in snap.keywords.names(phrases, rows)}
+        live_full, live_named = view.live.keyword_flags(phrases, [b[1] for b in candidates if b[2] < 0])
+        return full | live_full, named | live_named
+
+    def _keyword_best(self, view: View, phrases: list[Phrase], want: int, filters: Filters,
+                      timings: dict[str, float]) -> list[tuple[float, int, int, int, int]]:
+        """(BM25, pk, row or -1, image position, vector id) of the best `want` visible products
+        passing the filters: the snapshot's FTS5 index and the live layer's records, on one scale."""
+        t0 = time.perf_counter()
+        snap, live = view.snap, view.live
+        assert snap.keywords is not None
+        mask = snap.products.mask(filters) if filters.active else None
+        hidden = live.hidden_rows
+        limit = want
+        while True:  # filters and live changes drop rows after the search: fetch more while short
+            found = snap.keywords.search(phrases, limit)
+            rows = [(row, score) for row, score in found
+                    if (mask is None or mask[row]) and (hidden is None or not hidden[row])]
+            if len(rows) >= want or len(found) < limit:
+                break
+            limit *= 4
+        best = [(score, int(snap.products.pks[row]), row, *self._first_vector(snap, row)) for row, score in rows]
+        best += live.keyword_search(phrases, filters, want, snap.keywords)
+        best.sort(key=lambda b: -b[0])
+        timings["keyword"] = time.perf_counter() - t0
+        return best[:want]
+
+    @staticmethod
+    def _first_vector(snap: Snapshot, row: int) -> tuple[int, int]:
+        start = snap.row_offsets[row]
+        return int(snap.products.vector_positions[start]), int(snap.products.vector_ids[start])
+
+    def _exact_sku(self, view: View, query: str, filters: Filters) -> list[tuple[float, int, int, int, int]]:
+        """The visible products passing the filters whose SKU is exactly the query."""
+        snap, live = view.snap, view.live
+        assert snap.keywords is not None
+        out = []
+        for row in snap.keywords.sku_rows(query):
+            if live.hidden_rows is not None and live.hidden_rows[row]:
+                continue
+            if filters.active and not filters.matches(snap.products.records([row])[0]):
+                continue
+            out.append((0.0, int(snap.products.pks[row]), row, *self._first_vector(snap, row)))
+        pk = live.sku_match(query)
+        if pk is not None and (not filters.active or filters.matches(live.records[pk])):
+            out.append((0.0, pk, -1, *live.first_vector(pk)))
+        return out
+
+    def _attach_similarity(self, view: View, hits: list[Hit], vec: np.ndarray) -> None:
+        """Each hit's cosine with the query: what reranking and the match probability read."""
+        for hit in hits:
+            vectors = self._vectors_of(view, hit.product)
+            hit.similarity = float((vectors @ vec).max()) if len(vectors) else 0.0
+
+    def _calibrate(self, view: View, outcome: SearchOutcome, min_score: float | None) -> None:
+        """Match probabilities from the version's calibration; min_score drops the hits below it."""
+        calibration = view.snap.calibration
+        if calibration is None:
+            return
+        for hit in outcome.hits:
+            hit.match_probability = 1.0 if hit.exact_match else calibration.probability(
+                hit.similarity if hit.similarity is not None else hit.score, hit.rerank_score)
+        threshold = self.settings.match_threshold
+        outcome.no_good_match = not any((h.match_probability or 0.0) >= threshold for h in outcome.hits)
+        if min_score is not None:
+            outcome.hits = [h for h in outcome.hits if (h.match_probability or 0.0) >= min_score]
 
     def _rerank(self, reranker: Reranker, view: View, query: str, outcome: SearchOutcome, k: int) -> SearchOutcome:
         """Reorder by the reranker within the time budget; past it, the first-stage order, unreranked."""
@@ -348,9 +542,12 @@ class Searcher:
         for hit, score in zip(outcome.hits, scores):
             hit.rerank_score = None if score is None else float(score)
             if score is not None:
-                hit.score = fused_score(float(score), hit.score, w)
+                first = hit.similarity if hit.similarity is not None else hit.score
+                hit.score = fused_score(float(score), first, w)
+                if hit.full_match:  # the keyword evidence the reranker cannot read (brands, names)
+                    hit.score += self.settings.full_match_weight * FULL_MATCH_LOGIT
         # Products with no image features (text-only) keep their place after the judged ones.
-        outcome.hits.sort(key=lambda h: (h.rerank_score is None, -h.score))
+        outcome.hits.sort(key=lambda h: (not h.exact_match, h.rerank_score is None, -h.score))
         outcome.hits = outcome.hits[:k]
         outcome.reranked = True
         return outcome
@@ -435,6 +632,45 @@ class Searcher:
         self.observe("rerank", outcome.timings["rerank"])
         return outcome
 
+    def describe(self, image: Any, k: int = 5) -> Description:
+        """Each facet of the catalog guessed for the photo against its own values (zero-shot, any
+        CLIP), a caption within the rerank time budget (without one past it), a title and the k
+        most similar products."""
+        view = self.view
+        if view.snap.texts is None or not view.snap.texts.ntotal:
+            raise InvalidInputError("this index has no product texts to describe a photo against")
+        prototypes = view.snap.prototypes()
+        if not prototypes.values:
+            raise InvalidInputError("this catalog has no facet values to describe a photo against (a category "
+                                    "or attribute columns with a few values, such as colour or pattern)")
+        vec = self.encoder.encode_images([image])[0]
+        attributes = prototypes.guess(vec)
+        caption = self._caption(image, vec)
+        similar = self._search(view, vec, k, Filters(), encode_s=0.0)
+        for hit in similar.hits:
+            hit.similarity = hit.score
+        return Description(attributes, caption, suggested_title(attributes, caption), similar, caption is not None)
+
+    def _caption(self, image: Any, vec: np.ndarray) -> str | None:
+        """The captioner's (or a captioning reranker's) caption, or None past the time budget."""
+        captioner, reranker = self.captioner, self.reranker
+        if captioner is None and not (reranker is not None and getattr(reranker, "can_caption", False)):
+            return None
+        if captioner is not None:
+            future = self._rerank_pool.submit(captioner.captions, vec[None, :])
+        else:
+            assert reranker is not None
+            future = self._rerank_pool.submit(lambda: reranker.caption(reranker.preprocess(image).unsqueeze(0)))
+        try:
+            return str(future.result(timeout=self.settings.rerank_budget_ms / 1000)[0])
+        except FutureTimeout:
+            future.cancel()
+            LOG.warning("captioning took over its %.0f ms budget; described without a caption",
+                        self.settings.rerank_budget_ms)
+        except Exception:  # a failing captioner must never fail the description
+            LOG.exception("captioning failed; described without a caption")
+        return None
+
     def similar(self, product_id: str, k: int, filters: Filters, *, same_category: bool = True) -> SearchOutcome:
         """Products like this one (by the mean of its image vectors), itself excluded.
 
@@ -453,6 +689,74 @@ class Searcher:
         vec /= max(float(np.linalg.norm(vec)), 1e-12)
         return self._search(view, vec, k, filters, encode_s=0.0, exclude=product.pk)
 
+    def search_mix(self, parts: list[MixPart], k: int, filters: Filters) -> SearchOutcome:
+        """One query from weighted parts (texts, images, products); negative weights push away.
+
+        The candidates are each positive part's nearest products. Each part scores every
+        candidate by its cosine, standardised over the candidates (an image part's cosines sit
+        near 0.9, a word's near 0.3: summed raw, the image would decide alone), and the weighted
+        sum ranks them. Products named by a part are left out (a shopper asking for a variation
+        has the original).
+        """
+        if not parts:
+            raise InvalidInputError("a mix needs at least one part (text, image or product_id)")
+        if abs(sum(p.weight for p in parts)) < 1e-6:
+            raise InvalidInputError("the weights of a mix sum to zero: give the parts that describe what you "
+                                    "want a positive weight")
+        if not any(p.weight > 0 for p in parts):
+            raise InvalidInputError("a mix needs a part with a positive weight: what to look for")
+        view = self.view
+        t0 = time.perf_counter()
+        vectors, named = self._mix_vectors(view, parts)
+        timings = {"encode": time.perf_counter() - t0}
+        depth = max(MIX_DEPTH, 4 * k)
+        pool: dict[int, tuple[float, int, int, int, int]] = {}
+        for part, vec in zip(parts, vectors):
+            if part.weight > 0:
+                for b in self._vector_best(view, vec, depth + len(named), filters, timings):
+                    if b[1] not in named:
+                        pool.setdefault(b[1], b)
+        candidates = list(pool.values())
+        if not candidates:
+            return self._finish(view, [], k, None, timings)
+        records = self._finish(view, candidates, len(candidates), None, {}).hits
+        sims = np.array([[float((self._vectors_of(view, h.product) @ vec).max()) for h in records] for vec in vectors])
+        z = (sims - sims.mean(axis=1, keepdims=True)) / (sims.std(axis=1, keepdims=True) + 1e-6)
+        scores = np.array([p.weight for p in parts]) @ z
+        best = [(float(score), h.product.pk, -1 if h.product.pk not in pool else pool[h.product.pk][2],
+                 pool[h.product.pk][3], pool[h.product.pk][4]) for h, score in zip(records, scores)]
+        outcome = self._finish(view, best, k, None, timings)
+        outcome.mode = "mix"
+        # No match probability: the calibration maps text-to-image cosines, and a mix's score is a
+        # sum of standardised ones.
+        return outcome
+
+    def _mix_vectors(self, view: View, parts: list[MixPart]) -> tuple[list[np.ndarray], set[int]]:
+        """Each part's unit vector (a product's: the mean of its vectors) and the pks of named products."""
+        texts = [p.text for p in parts if p.text is not None]
+        text_vecs = dict(zip(texts, (self.encode_text(t) for t in texts)))
+        images = [p.image for p in parts if p.image is not None]
+        image_vecs = iter(self.encoder.encode_images(images)) if images else iter(())
+        out: list[np.ndarray] = []
+        named: set[int] = set()
+        for part in parts:
+            if part.text is not None:
+                vec = text_vecs[part.text]
+            elif part.image is not None:
+                vec = next(image_vecs)
+            else:
+                try:
+                    product = self._record(view, part.product_id or "")
+                except NotFoundError as exc:
+                    raise InvalidInputError(f"product {part.product_id!r} of the mix is not in the index") from exc
+                named.add(product.pk)
+                own = self._vectors_of(view, product)
+                if not len(own):
+                    raise InvalidInputError(f"product {part.product_id!r} of the mix has no vectors")
+                vec = own.mean(axis=0)
+            out.append(np.asarray(vec, np.float32) / max(float(np.linalg.norm(vec)), 1e-12))
+        return out, named
+
     @staticmethod
     def _vectors_of(view: View, product: ProductRecord) -> np.ndarray:
         """Every vector of a product (its images, or its text fallback) as the view holds them."""
@@ -466,20 +770,25 @@ class Searcher:
 
     def _search(self, view: View, vec: np.ndarray, k: int, filters: Filters, *,
                 encode_s: float, exclude: int | None = None) -> SearchOutcome:
-        _one_faiss_thread()
         timings = {"encode": encode_s}
-        query = vec[None, :].astype(np.float32)
         want = k + (exclude is not None)
+        return self._finish(view, self._vector_best(view, vec, want, filters, timings, exclude), k, exclude, timings)
+
+    def _vector_best(self, view: View, vec: np.ndarray, want: int, filters: Filters, timings: dict[str, float],
+                     exclude: int | None = None) -> list[tuple[float, int, int, int, int]]:
+        """(cosine, pk, row or -1, image position, vector id) of the best `want` products of the
+        snapshot and of the live layer (unsorted), from FAISS or Milvus."""
+        _one_faiss_thread()
+        query = vec[None, :].astype(np.float32)
         if self.store is not None:
-            return self._finish(view, self._search_milvus(view, query[0], want, filters, timings, exclude),
-                                k, exclude, timings)
+            return self._search_milvus(view, query[0], want, filters, timings, exclude)
         best = self._search_snapshot(view, query, want, filters, timings)
         if len(view.live.ids):
             t0 = time.perf_counter()
             for pk, score, pos, vid in view.live.search(query[0], filters, want):
                 best.append((score, pk, -1, pos, vid))
             timings["live"] = time.perf_counter() - t0
-        return self._finish(view, best, k, exclude, timings)
+        return best
 
     def _finish(self, view: View, best: list[tuple[float, int, int, int, int]], k: int, exclude: int | None,
                 timings: dict[str, float]) -> SearchOutcome:

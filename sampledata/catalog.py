@@ -15,7 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sampledata import texts
-from sampledata.world import BRANDS, CANVAS, MATERIALS, PRICE_RANGES, ProductSpec, random_spec, render_product
+from sampledata.world import (
+    BRANDS,
+    CANVAS,
+    CATEGORIES,
+    COLOURS,
+    MATERIALS,
+    PRICE_RANGES,
+    ProductSpec,
+    random_spec,
+    render_product,
+)
 
 MARKER = ".complete"  # written last: its presence means every file of the catalog is there
 IMAGE_QUALITY = 90
@@ -154,18 +164,36 @@ def _write_catalog_csv(path: Path, products: list[SampleProduct]) -> None:
         writer = csv.writer(fh)
         writer.writerow(["product_id", "title", "description", "image", "category", "brand",
                          "price", "currency", "availability", "main_colour", "secondary_colour", "pattern",
-                         "material"])
+                         "material", "sku"])
         for p in products:
-            writer.writerow([p.product_id, p.title, p.description, "|".join(p.images),
-                             p.spec.category, p.brand, f"{p.price:.2f}", "USD", availability(p.product_id), p.spec.main,
-                             p.spec.secondary or "", p.spec.pattern, p.material])
+            # Model names and SKUs come from the id alone, after the world drew the product.
+            model = model_code(p.product_id, p.brand)
+            writer.writerow([p.product_id, f"{p.title} {model}", f"{p.description} Model {p.brand} {model}.",
+                             "|".join(p.images), p.spec.category, p.brand, f"{p.price:.2f}", "USD",
+                             availability(p.product_id), p.spec.main, p.spec.secondary or "", p.spec.pattern,
+                             p.material, sku(p.product_id, p.brand)])
+
+
+def _id_hash(product_id: str) -> bytes:
+    import hashlib
+
+    return hashlib.sha256(product_id.encode()).digest()
+
+
+def model_code(product_id: str, brand: str) -> str:
+    """The product's model name, e.g. "NO-4821": brand initials and four digits from the id's hash."""
+    return f"{brand[:2].upper()}-{1000 + int.from_bytes(_id_hash(product_id)[1:3], 'big') % 9000}"
+
+
+def sku(product_id: str, brand: str) -> str:
+    """The product's SKU, e.g. "NOR-48213-7": unique per product, from the id (the world's stream is untouched)."""
+    digest = _id_hash(product_id)
+    return f"{brand[:3].upper()}-{int.from_bytes(digest[3:6], 'big') % 100000:05d}-{digest[6] % 10}"
 
 
 def availability(product_id: str) -> str:
     """About one product in ten is out of stock; from the id's hash, so the world's random stream is untouched."""
-    import hashlib
-
-    return "out_of_stock" if hashlib.sha256(product_id.encode()).digest()[0] < 26 else "in_stock"
+    return "out_of_stock" if _id_hash(product_id)[0] < 26 else "in_stock"
 
 
 def build_queries(products: list[SampleProduct], *, seed: int, n: int, out: Path,
@@ -183,7 +211,7 @@ def build_queries(products: list[SampleProduct], *, seed: int, n: int, out: Path
     for i, key in enumerate(plain_keys[:n]):
         spec = ProductSpec(key[0], key[1], None, key[2])
         queries.append({"query_id": f"plain-{i:04d}", "set": "plain",
-                        "text": texts.plain_query(spec, rng), "relevant": sorted(by_plain[key])})
+                        "text": texts.plain_query(spec, rng, bare=False), "relevant": sorted(by_plain[key])})
     twins = [p for p in products if p.twin_of]
     for i, p in enumerate(twins[:n]):
         queries.append({"query_id": f"swap-{i:04d}", "set": "color_swap",
@@ -197,4 +225,127 @@ def build_queries(products: list[SampleProduct], *, seed: int, n: int, out: Path
                        image_size).save(out / rel, quality=IMAGE_QUALITY)
         queries.append({"query_id": f"image-{i:04d}", "set": "image", "image": rel,
                         "relevant": sorted(by_full[p.spec])})
+    # Later sets draw from their own streams, so adding one leaves the others as they were.
+    queries += _chinese_queries(plain_keys[:n], by_plain, random.Random(seed + 2))
+    queries += _bare_queries(products, n, random.Random(seed + 3))
+    queries += _keyword_queries(products, n, random.Random(seed + 4))
+    queries += _nomatch_queries(products, n, random.Random(seed + 5))
+    queries += _mixed_queries(products, n, random.Random(seed + 6), seed=seed, out=out, image_size=image_size)
+    return queries
+
+
+def _keyword_queries(products: list[SampleProduct], n: int, rng: random.Random) -> list[dict]:
+    """`keyword`: what shoppers type that is a word, not a picture: SKUs, model names, brand + category."""
+    by_model: dict[str, list[str]] = {}
+    by_brand_model: dict[tuple[str, str], list[str]] = {}
+    by_brand_category: dict[tuple[str, str], list[str]] = {}
+    for p in products:
+        model = model_code(p.product_id, p.brand)
+        by_model.setdefault(model, []).append(p.product_id)
+        by_brand_model.setdefault((p.brand, model), []).append(p.product_id)
+        by_brand_category.setdefault((p.brand, p.spec.category), []).append(p.product_id)
+    queries = []
+    for i, p in enumerate(rng.sample(products, min(n, len(products)))):
+        model = model_code(p.product_id, p.brand)
+        kind = rng.choice(("sku", "sku", "model", "brand_model", "brand_category"))
+        if kind == "sku":
+            text, relevant = sku(p.product_id, p.brand), [p.product_id]
+        elif kind == "model":
+            text, relevant = model, by_model[model]
+        elif kind == "brand_model":
+            text, relevant = f"{p.brand} {model}", by_brand_model[(p.brand, model)]
+        else:
+            text = f"{p.brand} {rng.choice(texts.CATEGORY_SYNONYMS[p.spec.category])}"
+            relevant = by_brand_category[(p.brand, p.spec.category)]
+        queries.append({"query_id": f"keyword-{i:04d}", "set": "keyword", "kind": kind, "text": text,
+                         "relevant": sorted(relevant)})
+    return queries
+
+
+OFF_CATALOG = ("laptop charger", "garden hose", "wireless headphones", "bicycle helmet", "dog food", "car tyre",
+               "smartphone case", "printer ink", "tennis racket", "electric drill", "yoga mat", "board game")
+
+
+def _nomatch_queries(products: list[SampleProduct], n: int, rng: random.Random) -> list[dict]:
+    """`nomatch`: attribute combinations no product has, and things the catalog does not sell.
+
+    Graded: for "red striped t-shirt" with no such product, striped t-shirts with red in them
+    (2) and red t-shirts (1) count; other categories do not. For a colour pairing no product
+    has, the same category, main colour and pattern (2) and the same category and main colour (1).
+    """
+    plain = {(p.spec.category, p.spec.main, p.spec.pattern) for p in products}
+    full = {p.spec for p in products}
+    absent_plain = sorted((c, m, pat) for c in CATEGORIES for m in COLOURS for pat in ("striped", "dotted", "checkered")
+                          if (c, m, pat) not in plain)
+    absent_full = sorted({ProductSpec(c, m, s, pat) for (c, m, pat) in plain if pat != "solid" for s in COLOURS
+                          if s != m and ProductSpec(c, m, s, pat) not in full}, key=str)
+    rng.shuffle(absent_plain)
+    rng.shuffle(absent_full)
+    budget = max(1, n // 3)
+    queries: list[dict] = []
+
+    def add(text: str, grades: dict[str, int]) -> None:
+        queries.append({"query_id": f"nomatch-{len(queries):04d}", "set": "nomatch", "text": text,
+                        "relevant": sorted(grades), "grades": grades})
+
+    for category, colour, pattern in absent_plain[:budget]:
+        grades = {p.product_id: 2 if (p.spec.pattern == pattern and p.spec.secondary == colour) else 1
+                  for p in products if p.spec.category == category
+                  and ((p.spec.pattern == pattern and p.spec.secondary == colour) or p.spec.main == colour)}
+        add(texts.plain_query(ProductSpec(category, colour, None, pattern), rng, bare=False), grades)
+    for spec in absent_full[:max(1, n // 6)]:
+        grades = {p.product_id: 2 if p.spec.pattern == spec.pattern else 1 for p in products
+                  if p.spec.category == spec.category and p.spec.main == spec.main}
+        add(texts.swap_query(spec, rng), grades)
+    for thing in OFF_CATALOG[:budget]:
+        add(thing, {})
+    return queries
+
+
+def _mixed_queries(products: list[SampleProduct], n: int, rng: random.Random, *, seed: int, out: Path,
+                   image_size: int) -> list[dict]:
+    """`mixed`: a photo of a catalog product and another colour in words; the relevant products are
+    the variants with the photo's category and pattern in that colour."""
+    by_look: dict[tuple[str, str, str], list[str]] = {}
+    for p in products:
+        by_look.setdefault((p.spec.category, p.spec.pattern, p.spec.main), []).append(p.product_id)
+    index_of = {p.product_id: i for i, p in enumerate(products)}
+    candidates = [(p, colour) for p in products for colour in COLOURS
+                  if colour != p.spec.main and (p.spec.category, p.spec.pattern, colour) in by_look]
+    queries = []
+    for i, (p, colour) in enumerate(rng.sample(candidates, min(n // 3, len(candidates)))):
+        rel = f"queries/mixed-{i:04d}.jpg"
+        render_product(p.spec, image_seed(seed, index_of[p.product_id], 0, salt=QUERY_IMAGE_SALT + 1),
+                       image_size).save(out / rel, quality=IMAGE_QUALITY)
+        queries.append({"query_id": f"mixed-{i:04d}", "set": "mixed", "image": rel,
+                        "parts": [{"image": rel}, {"text": rng.choice(texts.COLOUR_SYNONYMS[colour])}],
+                        "relevant": sorted(by_look[(p.spec.category, p.spec.pattern, colour)])})
+    return queries
+
+
+def _chinese_queries(keys: list[tuple[str, str, str]], by_plain: dict[tuple[str, str, str], list[str]],
+                     rng: random.Random) -> list[dict]:
+    """`plain_zh`: the plain set's products, asked for in Chinese."""
+    return [{"query_id": f"plain_zh-{i:04d}", "set": "plain_zh",
+             "text": texts.plain_query_zh(ProductSpec(key[0], key[1], None, key[2]), rng),
+             "relevant": sorted(by_plain[key])} for i, key in enumerate(keys)]
+
+
+BARE_GRADES = {"solid": 2, "patterned": 1}  # a bare "<colour> <category>" is answered best by a solid one
+
+
+def _bare_queries(products: list[SampleProduct], n: int, rng: random.Random) -> list[dict]:
+    """`bare`: "<colour> <category>"; every product of that main colour and category is relevant, solid ones most."""
+    by_key: dict[tuple[str, str], list[SampleProduct]] = {}
+    for p in products:
+        by_key.setdefault((p.spec.category, p.spec.main), []).append(p)
+    # Only keys with a patterned product test what the set is for: patterned ones must not be missed.
+    keys = sorted(k for k, ps in by_key.items() if any(p.spec.pattern != "solid" for p in ps))
+    rng.shuffle(keys)
+    queries = []
+    for i, (category, colour) in enumerate(keys[:n]):
+        grades = {p.product_id: BARE_GRADES["solid" if p.spec.pattern == "solid" else "patterned"]
+                  for p in by_key[(category, colour)]}
+        queries.append({"query_id": f"bare-{i:04d}", "set": "bare", "text": texts.bare_query(category, colour, rng),
+                        "relevant": sorted(grades), "grades": grades})
     return queries

@@ -20,6 +20,10 @@ def run(args: argparse.Namespace) -> dict:
         from training.train_itm import train_itm
 
         summary = train_itm(args)
+    elif args.kind == "captioner":
+        from training.train_captioner import train_captioner
+
+        summary = train_captioner(args)
     else:
         from training.train_clip import train
 
@@ -36,8 +40,9 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 def add_train_flags(parser: argparse.ArgumentParser) -> None:
     """The flags of both recipes (the ITM ones say so in their help)."""
-    parser.add_argument("--kind", choices=["clip", "itm"], default="clip",
-                        help="clip: the retrieval model; itm: the reranker head on a frozen CLIP (--base-model)")
+    parser.add_argument("--kind", choices=["clip", "itm", "captioner"], default="clip",
+                        help="clip: the retrieval model; itm: the reranker head on a frozen CLIP (--base-model); "
+                             "captioner: the caption head on a frozen CLIP's image vectors")
     parser.add_argument("--out", type=Path, required=True, help="output folder for weights + log")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="open_clip model JSON")
     parser.add_argument("--steps", type=int, default=2000)
@@ -50,13 +55,16 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-products", type=int, default=2000)
     parser.add_argument("--image-loss-weight", type=float, default=0.75,
                         help="weight of the image-image ClipLoss between two renders of a spec")
+    parser.add_argument("--init-from", type=Path, default=None,
+                        help="fine-tune from these weights (a model or reranker folder, or its .safetensors) instead"
+                             " of from scratch")
     parser.add_argument("--eval-every", type=int, default=0, help="steps between evals (0: end only)")
     _itm_flags(parser)
 
 
 def _itm_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-model", default="catalens-demo",
-                        help="(itm) the frozen CLIP whose features the ITM head reads")
+                        help="(itm, captioner) the frozen CLIP whose features the head reads")
     parser.add_argument("--itm-width", type=int, default=128, help="(itm) width of the cross-attention blocks")
     parser.add_argument("--itm-layers", type=int, default=2, help="(itm) cross-attention blocks")
     parser.add_argument("--token-layer", type=int, default=-1,

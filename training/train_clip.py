@@ -110,6 +110,26 @@ def lr_at(step: int, *, base: float, warmup: int, total: int) -> float:
     return 0.5 * base * (1 + math.cos(math.pi * progress))
 
 
+def load_initial_weights(model, path: Path) -> str:
+    """Load a previous model's weights to fine-tune from; a longer text context keeps the old positions.
+
+    The positions beyond the old context start as copies of its last one, so a longer caption
+    begins where the old model's longest did rather than from noise.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    file = path / "model.safetensors" if path.is_dir() else path
+    state = {k: v.float() for k, v in load_file(str(file)).items()}
+    old, new = state["positional_embedding"], model.positional_embedding
+    if old.shape[0] < new.shape[0]:
+        state["positional_embedding"] = torch.cat([old, old[-1:].expand(new.shape[0] - old.shape[0], -1)])
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if "attn_mask" not in k]:
+        raise ValueError(f"{file} does not fit the config: missing {missing}, unexpected {unexpected}")
+    return f"{len(state)} tensors, text context {old.shape[0]} -> {new.shape[0]}"
+
+
 # --- evaluation --------------------------------------------------------------------------
 
 
@@ -134,7 +154,7 @@ def evaluate_in_memory(model, preprocess, tokenizer, *, n_products: int, seed: i
         img_emb = encode_images(model, torch.stack(tensors))
         owner_t = torch.tensor(owners)
         results: dict[str, dict] = {}
-        for qset in ("plain", "color_swap", "image"):
+        for qset in ("plain", "color_swap", "image", "plain_zh", "bare"):
             qs = [q for q in queries if q["set"] == qset]
             if not qs:
                 continue
@@ -211,6 +231,8 @@ def train(args: argparse.Namespace) -> dict:
     name = args.config.stem
     open_clip.add_model_config(args.config)
     model = open_clip.create_model(name, output_dict=True)
+    if args.init_from:
+        LOG.info("starting from %s: %s", args.init_from, load_initial_weights(model, args.init_from))
     tokenizer = open_clip.get_tokenizer(name)
     preprocess = open_clip.image_transform(model.visual.image_size, is_train=False)
     mean = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)

@@ -88,6 +88,14 @@ def train_itm(args: argparse.Namespace) -> dict:
                        image_encoder=args.image_encoder, grid_width=args.grid_width,
                        clip_width=int(tokens.shape[2]) if args.image_encoder == "conv+clip" else 0)
     head = ItmHead(config)
+    if args.init_from:
+        from safetensors.torch import load_file
+
+        from catalens.itm import ITM_WEIGHTS
+
+        file = args.init_from / ITM_WEIGHTS if args.init_from.is_dir() else args.init_from
+        head.load_state_dict({k: v.float() for k, v in load_file(str(file)).items()})
+        LOG.info("starting from %s", file)
     LOG.info("itm head: %.2fM parameters, image encoder %s; args %s",
              sum(p.numel() for p in head.parameters()) / 1e6, args.image_encoder, vars(args))
     opt = torch.optim.AdamW(param_groups(head, 0.05), lr=args.lr, betas=(0.9, 0.98), eps=1e-6)

@@ -94,7 +94,8 @@ Recall@1 (see the README's Reranking section).
 def write_model_card(folder: Path) -> Path:
     """Render the card for a CLIP or ITM training output folder."""
     summary = json.loads((folder / "metrics.json").read_text())
-    text = _itm_card(folder, summary) if summary["model"] == "itm" else _clip_card(folder, summary)
+    cards = {"itm": _itm_card, "captioner": _captioner_card}
+    text = cards.get(summary["model"], _clip_card)(folder, summary)
     out = folder / "MODEL_CARD.md"
     out.write_text(text)
     return out
@@ -151,6 +152,37 @@ def _itm_card(folder: Path, summary: dict) -> str:
         image_side=image_side, feature_bytes=_feature_bytes(folder), one_off=args.get("one_off_negatives", 0),
         weight_cols=" | ".join(f"w = {float(w):g}" for w in weights),
         weight_sep="---|" * len(weights), weight_rows=weight_rows)
+
+
+CAPTIONER_TEMPLATE = """# {name}: the bundled captioner
+
+A GRU decoder ({layers} layers, width {hidden}) that writes a caption from the frozen `{base}`
+CLIP's pooled image vector, with a vocabulary of the {vocab} BPE tokens its captions use.
+{params:.2f} M parameters, {size_kb:.0f} KB fp16 safetensors. It only knows the generated world:
+its captions name category, main colour, pattern and secondary colour in one fixed form
+("red mug with blue stripes", "solid teal lamp").
+
+Trained by `catalens train-model --kind captioner` ({steps} steps, batch {batch}, {n_images}
+rendered specs, {train_min:.1f} min on {threads} CPU threads, seed {seed}).
+
+Held-out renders (seed {eval_seed}, {eval_n} specs): captions naming everything right
+{all:.3f}; category {category:.3f}, main colour {main:.3f}, secondary colour {secondary:.3f},
+pattern {pattern:.3f}.
+"""
+
+
+def _captioner_card(folder: Path, summary: dict) -> str:
+    from catalens.captioner import CAPTIONER_WEIGHTS, CaptionerConfig
+
+    config = CaptionerConfig.load(folder)
+    weights = folder / CAPTIONER_WEIGHTS
+    held = summary["metrics"]["held_out"]
+    return CAPTIONER_TEMPLATE.format(
+        name=folder.name, layers=config.layers, hidden=config.hidden, base=config.base_model, vocab=len(config.vocab),
+        params=_params(weights) / 1e6, size_kb=weights.stat().st_size / 1e3, steps=summary["steps"],
+        batch=summary["batch_size"], n_images=summary.get("args", {}).get("n_images", 0),
+        train_min=summary["train_seconds"] / 60, threads=summary["threads"], seed=summary["seed"],
+        eval_seed=summary["eval_seed"], eval_n=summary["metrics"]["n"], **held)
 
 
 def _feature_bytes(folder: Path) -> int:

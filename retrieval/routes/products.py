@@ -43,6 +43,7 @@ def get_product(product_id: str, searcher: SearcherDep) -> ProductOut:
         product_id=p.product_id, title=p.title, description=p.description, category=p.category,
         brand=p.brand, price=p.price, currency=p.currency, availability=p.availability,
         attributes=p.attributes or {},
+        description_generated=(p.attributes or {}).get("description_source") == "generated",
         images=[ImageOut(position=img.position, url=image_url(p.product_id, img.position) or "",
                          thumbnail_url=image_url(p.product_id, img.position, thumb=True)
                          if img.thumbnail else None, status=img.status, error=public_image_error(img.error),

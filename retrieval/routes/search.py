@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 from starlette.datastructures import FormData
 
+from catalens.config import Settings
 from catalens.errors import InvalidInputError, PayloadTooLargeError
 from catalens.filters import Filters
 from catalens.images import decode_image
@@ -19,12 +22,14 @@ from retrieval.schemas import (
     MAX_K,
     MAX_RERANK_TOP_N,
     FiltersIn,
+    MixPartIn,
+    MixSearchIn,
     SearchOut,
     TextSearchIn,
     error_responses,
     result_from_hit,
 )
-from retrieval.searcher import SearchOutcome
+from retrieval.searcher import MixPart, SearchOutcome
 
 router = APIRouter(prefix="/v1/search", tags=["search"])
 TEXT_ERRORS = error_responses(400, 413, 422, 503)
@@ -43,7 +48,8 @@ def to_filters(body: FiltersIn) -> Filters:
 def to_response(outcome: SearchOutcome, started: float) -> SearchOut:
     return SearchOut(results=[result_from_hit(h) for h in outcome.hits],
                      took_ms=round((time.perf_counter() - started) * 1000, 2),
-                     index_version=outcome.index_version, reranked=outcome.reranked)
+                     index_version=outcome.index_version, reranked=outcome.reranked, mode=outcome.mode,
+                     no_good_match=outcome.no_good_match)
 
 
 @router.post("/text", response_model=SearchOut, responses=TEXT_ERRORS, dependencies=[RequireSnapshot])
@@ -51,7 +57,47 @@ def search_text(body: TextSearchIn, searcher: SearcherDep) -> SearchOut:
     """Find products matching a text query (text-to-image search), optionally reranked."""
     started = time.perf_counter()
     return to_response(searcher.search_text(body.query, body.k, to_filters(body.filters), rerank=body.rerank,
-                                            rerank_top_n=body.rerank_top_n), started)
+                                            rerank_top_n=body.rerank_top_n, mode=body.mode,
+                                            min_score=body.min_score), started)
+
+
+@router.post("/mix", response_model=SearchOut, responses=IMAGE_ERRORS, dependencies=[RequireSnapshot])
+def search_mix(body: MixSearchIn, searcher: SearcherDep, settings: SettingsDep) -> SearchOut:
+    """One query from weighted parts: text, an image (base64), an existing product; negative weights push away."""
+    started = time.perf_counter()
+    parts = [to_mix_part(part, settings) for part in body.parts]
+    return to_response(searcher.search_mix(parts, body.k, to_filters(body.filters)), started)
+
+
+def to_mix_part(part: MixPartIn, settings: Settings) -> MixPart:
+    """A request part as the searcher's MixPart: its image decoded under the upload limits."""
+    given = [name for name in ("text", "image", "product_id") if getattr(part, name) is not None]
+    if len(given) != 1:
+        raise InvalidInputError(f"each part of a mix has exactly one of text, image or product_id (got "
+                                f"{', '.join(given) or 'none'})")
+    if part.image is None:
+        return MixPart(text=part.text, product_id=part.product_id, weight=part.weight)
+    raw = part.image.split(",", 1)[1] if part.image.startswith("data:") else part.image
+    if len(raw) * 3 // 4 > settings.max_upload_bytes:
+        raise PayloadTooLargeError(f"an image part is larger than {settings.max_upload_bytes:,} bytes "
+                                   "(the limit is set by CATALENS_MAX_UPLOAD_BYTES)")
+    try:
+        data = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInputError(f"an image part is not base64: {exc}") from exc
+    image = decode_image(data, max_pixels=settings.max_image_pixels, max_aspect=settings.max_aspect_ratio)
+    return MixPart(image=image, weight=part.weight)
+
+
+async def read_upload(request: Request, file: UploadFile, settings: Settings) -> Any:
+    """The one uploaded image, decoded under the upload limits (413, 415, 422 otherwise)."""
+    refuse_repeated_fields(await request.form())
+    data = await file.read(settings.max_upload_bytes + 1)
+    if len(data) > settings.max_upload_bytes:
+        raise PayloadTooLargeError(f"upload is larger than {settings.max_upload_bytes:,} bytes "
+                                   "(the limit is set by CATALENS_MAX_UPLOAD_BYTES)")
+    return await run_in_threadpool(decode_image, data, max_pixels=settings.max_image_pixels,
+                                   max_aspect=settings.max_aspect_ratio)
 
 
 @router.post("/image", response_model=SearchOut, responses=IMAGE_ERRORS, dependencies=[RequireSnapshot])
@@ -65,14 +111,8 @@ async def search_image(request: Request, searcher: SearcherDep, settings: Settin
                        rerank_top_n: Annotated[int, Form(ge=1, le=MAX_RERANK_TOP_N)] = 20) -> SearchOut:
     """Find products that look like an uploaded image, optionally reranked."""
     started = time.perf_counter()
-    refuse_repeated_fields(await request.form())
     parsed = parse_filters_json(filters)
-    data = await file.read(settings.max_upload_bytes + 1)
-    if len(data) > settings.max_upload_bytes:
-        raise PayloadTooLargeError(f"upload is larger than {settings.max_upload_bytes:,} bytes "
-                                   "(the limit is set by CATALENS_MAX_UPLOAD_BYTES)")
-    image = await run_in_threadpool(decode_image, data, max_pixels=settings.max_image_pixels,
-                                    max_aspect=settings.max_aspect_ratio)
+    image = await read_upload(request, file, settings)
     outcome = await run_in_threadpool(searcher.search_image, image, k, to_filters(parsed), rerank=rerank,
                                       rerank_top_n=rerank_top_n)
     return to_response(outcome, started)

@@ -40,13 +40,39 @@ export const getFacets = () => call("/v1/facets");
 
 export const getProduct = (productId) => call(`/v1/products/${encodeURIComponent(productId)}`);
 
-// {query, k, filters, rerank} -> SearchOut
-export function searchText({ text, k, filters, rerank }, signal) {
+// {query, k, filters, rerank, mode} -> SearchOut
+export function searchText({ text, k, filters, rerank, mode }, signal) {
   return call("/v1/search/text", {
     method: "POST",
     signal,
     headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ query: text, k, filters, rerank }),
+    body: JSON.stringify({ query: text, k, filters, rerank, mode }),
+  });
+}
+
+// The file as base64 (no data: prefix), for a mixed query's image part.
+function base64Of(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(String(reader.result).split(",", 2)[1] || "");
+    reader.onerror = () => reject(new ApiError(0, "unreadable_file", "the image could not be read"));
+    reader.readAsDataURL(file);
+  });
+}
+
+// A photo refined with words: "+blue -dots" -> parts [image, {text: "blue"}, {text: "dots", weight: -0.5}].
+export async function searchMix({ file, words, k, filters }, signal) {
+  const parts = [{ image: await base64Of(file) }];
+  for (const word of words.split(/\s+/).filter(Boolean)) {
+    const negative = word.startsWith("-");
+    const text = word.replace(/^[+-]/, "");
+    if (text) parts.push(negative ? { text, weight: -0.5 } : { text });
+  }
+  return call("/v1/search/mix", {
+    method: "POST",
+    signal,
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ parts, k, filters }),
   });
 }
 
@@ -67,4 +93,11 @@ export function searchSimilar({ productId, k, filters }, signal) {
   if (filters.price_max !== undefined) params.set("price_max", String(filters.price_max));
   for (const a of filters.availability || []) params.append("availability", a);
   return call(`/v1/products/${encodeURIComponent(productId)}/similar?${params}`, { signal });
+}
+
+// A photo -> {<facet>: {value, p}, ..., caption, title, similar}
+export function describePhoto({ file }, signal) {
+  const form = new FormData();
+  form.append("file", file, file.name || "pasted-image");
+  return call("/v1/describe", { method: "POST", signal, body: form });
 }

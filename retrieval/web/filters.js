@@ -137,6 +137,7 @@ export async function loadFacets({ onSuggestion }) {
 // onChange runs when any filter changes; typing a price waits a little (or Enter) first.
 export function wireFilters({ onChange, debounceMs }) {
   el.rerank.addEventListener("change", onChange);
+  el.mode.addEventListener("change", onChange);
   el.facetCategory.addEventListener("change", onChange);
   el.facetBrand.addEventListener("change", onChange);
   el.inStock.addEventListener("change", onChange);

@@ -7,7 +7,7 @@ import { el, h, isWide } from "./dom.js";
 import { updateFilterSummary, wireFilters } from "./filters.js";
 import { showError } from "./results.js";
 import {
-  clearQuery, refreshFacets, rerun, runImage, runSimilar, runText, search, setPlaceholder,
+  clearQuery, describeCurrentPhoto, refreshFacets, rerun, runImage, runSimilar, runText, search, setPlaceholder,
 } from "./search.js";
 import { state } from "./state.js";
 
@@ -71,6 +71,7 @@ function wireSearchBox() {
     el.imageInput.value = ""; // picking the same file again still fires "change"
   });
   el.chipClear.addEventListener("click", clearQuery);
+  el.describeButton.addEventListener("click", describeCurrentPhoto);
   el.chipImg.addEventListener("error", () => el.chipImg.classList.add("broken"));
   el.k.addEventListener("change", () => {
     if (state.query) search();

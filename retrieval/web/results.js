@@ -57,6 +57,7 @@ function finish(resultState) {
 // A search failed (on the server, or refused before sending): the message replaces the cards.
 export function showSearchError(err, context) {
   showError(err, context);
+  el.noMatch.hidden = true;
   el.results.replaceChildren();
   el.status.textContent = "";
   finish("error");
@@ -64,6 +65,7 @@ export function showSearchError(err, context) {
 
 export function clearResults() {
   hideMessage();
+  el.noMatch.hidden = true;
   el.results.replaceChildren();
   el.results.dataset.state = "idle";
   el.status.textContent = "";
@@ -84,9 +86,18 @@ function renderStatus(data, n) {
 
 // data: SearchOut. handlers: {onOpen(productId, opener), onSimilar(result)}; filtered: whether
 // filters are active (an empty answer then suggests removing some).
+// Above the closest results when none is a good match: they must not read as matches.
+function renderNoMatch(data, n) {
+  el.noMatch.hidden = !(data.no_good_match && n > 0);
+  el.noMatch.replaceChildren(...(el.noMatch.hidden ? [] : [
+    h("strong", {}, "No good match."),
+    " Nothing in the catalog is quite what you asked for; these are the closest products."]));
+}
+
 export function renderResults(data, { handlers, filtered }) {
   const results = data.results || [];
   setIndexVersion(data.index_version);
+  renderNoMatch(data, results.length);
   renderStatus(data, results.length);
   el.results.replaceChildren(...results.map((r, i) => renderCard(r, i, handlers)));
   if (results.length === 0) {
@@ -123,6 +134,10 @@ function cardScore(card, r) {
   const score = $(".card-score", card);
   score.textContent = Number(r.score).toFixed(3);
   score.setAttribute("aria-label", `score ${Number(r.score).toFixed(3)}`);
+  if (r.match_probability !== null && r.match_probability !== undefined) {
+    card.dataset.matchProbability = String(r.match_probability);
+    score.title = `match probability ${Math.round(r.match_probability * 100)}%`;
+  }
   if (r.rerank_score !== null && r.rerank_score !== undefined) {
     card.dataset.rerankScore = String(r.rerank_score);
     score.title = `match ${Number(r.rerank_score).toFixed(3)} · similarity ${Number(r.first_stage_score).toFixed(3)}`;

@@ -1,7 +1,7 @@
 // Queries and searches: what is being searched (state.query), the query chip and context bar
 // that show it, the URL that bookmarks it, and the one search in flight.
 
-import { ApiError, searchImage, searchSimilar, searchText } from "./api.js";
+import { ApiError, describePhoto, searchImage, searchMix, searchSimilar, searchText } from "./api.js";
 import { el, h, humanSize, isWide, svgIcon } from "./dom.js";
 import { openDetails } from "./details.js";
 import { currentFilters, filtersBody, filtersProblem, loadFacets, rerankOn, updateFilterSummary } from "./filters.js";
@@ -31,7 +31,7 @@ export function refreshFacets() {
 
 function setQuery(next) {
   const prev = state.query;
-  if (prev && prev.kind === "image" && (!next || next.url !== prev.url)) URL.revokeObjectURL(prev.url);
+  if (prev && prev.url && (!next || next.url !== prev.url)) URL.revokeObjectURL(prev.url);
   state.query = next;
   renderQueryChip();
   renderContext();
@@ -39,7 +39,9 @@ function setQuery(next) {
 
 function renderQueryChip() {
   const q = state.query;
-  const isImage = Boolean(q && q.kind === "image");
+  const isImage = Boolean(q && (q.kind === "image" || q.kind === "mix"));
+  el.describeBar.hidden = !isImage;
+  if (!isImage || (q && q.url !== state.describedUrl)) el.description.replaceChildren();
   el.chip.hidden = !isImage;
   el.box.classList.toggle("has-image", isImage);
   if (isImage) {
@@ -56,7 +58,8 @@ function renderQueryChip() {
 }
 
 export function setPlaceholder() {
-  if (state.query && state.query.kind === "image") el.q.placeholder = "or type to search by text";
+  const q = state.query;
+  if (q && (q.kind === "image" || q.kind === "mix")) el.q.placeholder = "refine this photo with words, e.g. +blue -dots";
   else el.q.placeholder = isWide() ? "Search products, e.g. “red striped mug”" : "Search products";
 }
 
@@ -104,6 +107,13 @@ export function runText(text) {
   const trimmed = text.trim();
   clearTimeout(state.debounceTimer);
   if (!trimmed) return;
+  const q = state.query;
+  if (q && (q.kind === "image" || q.kind === "mix")) {
+    // Words typed beside a photo refine it ("like this, but blue") instead of replacing it.
+    setQuery({ kind: "mix", file: q.file, url: q.url, words: trimmed });
+    search();
+    return;
+  }
   setQuery({ kind: "text", text: trimmed });
   updateUrl();
   search();
@@ -154,10 +164,48 @@ export function rerun() {
   if (state.query) search();
 }
 
+// ---------- describing the photo ----------
+
+// The answer's facets (every key that is {value, p}), a caption and a title; the category
+// filter is set to the guess when the catalog has it, and the search runs again.
+export async function describeCurrentPhoto() {
+  const q = state.query;
+  if (!q || !q.file) return;
+  el.describeButton.disabled = true;
+  el.description.textContent = "Describing…";
+  try {
+    const data = await describePhoto({ file: q.file });
+    state.describedUrl = q.url;
+    const facets = Object.entries(data).filter(([, v]) => v && typeof v === "object" && "p" in v);
+    el.description.replaceChildren(
+      h("p", { class: "description-title" }, data.title),
+      data.caption ? h("p", { class: "muted small" }, `Caption: ${data.caption}`) : null,
+      h("ul", { class: "description-facets" }, ...facets.map(([name, g]) =>
+        h("li", { "data-facet": name }, `${name.replace(/_/g, " ")}: `,
+          h("strong", {}, g.value === null ? "none" : g.value), ` (${Math.round(g.p * 100)}%)`))));
+    const category = data.category && data.category.value;
+    const box = category && [...el.facetCategory.querySelectorAll("input[type=checkbox]")]
+      .find((c) => c.value === category);
+    if (box && !box.checked) {
+      box.checked = true;
+      rerun();
+    }
+  } catch (err) {
+    if (!(err instanceof ApiError)) throw err;
+    el.description.replaceChildren();
+    showError(err, "upload");
+  } finally {
+    el.describeButton.disabled = false;
+  }
+}
+
 // ---------- the search itself ----------
 
 function requestFor(query, k, filters, signal) {
-  if (query.kind === "text") return searchText({ text: query.text, k, filters, rerank: rerankOn() }, signal);
+  if (query.kind === "text") {
+    return searchText({ text: query.text, k, filters, rerank: rerankOn(), mode: el.mode.value }, signal);
+  }
+  if (query.kind === "mix") return searchMix({ file: query.file, words: query.words, k, filters }, signal);
   if (query.kind === "image") return searchImage({ file: query.file, k, filters, rerank: rerankOn() }, signal);
   return searchSimilar({ productId: query.id, k, filters }, signal);
 }
@@ -194,7 +242,7 @@ export async function search() {
   } catch (err) {
     if (err.name === "AbortError" || id !== state.requestId) return;
     if (!(err instanceof ApiError)) throw err; // a bug in the page: let it surface
-    showSearchError(err, query.kind === "image" ? "upload" : "search");
+    showSearchError(err, query.kind === "image" || query.kind === "mix" ? "upload" : "search");
   } finally {
     if (id === state.requestId) {
       doneLoading();

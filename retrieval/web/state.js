@@ -3,7 +3,7 @@
 
 export const state = {
   // What is being searched: null | {kind: "text", text} | {kind: "image", file, url}
-  //                         | {kind: "similar", id, title, thumb}
+  //                         | {kind: "mix", file, url, words} | {kind: "similar", id, title, thumb}
   query: null,
   // setTimeout id of the pending search-as-you-type search.
   debounceTimer: 0,
@@ -27,4 +27,6 @@ export const state = {
   // GET /v1/config: {image_formats, max_upload_bytes, max_query_chars, max_k, max_rerank_top_n,
   // reranker}; null until it has loaded.
   config: null,
+  // The object URL of the photo the shown description is of.
+  describedUrl: null,
 };

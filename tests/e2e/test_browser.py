@@ -387,3 +387,55 @@ def test_page_takes_its_limits_from_the_server(page, server: Server, sample_inde
     text = page.inner_text("#message")
     assert "too large" in text and "payload_too_large" in text, text
     assert uploads == [], "the page uploaded an image over the server's limit"
+
+
+def test_no_good_match_is_said_above_the_closest_products(page) -> None:
+    found = text_search(page, "wireless headphones")
+    assert found  # the closest products are still shown ...
+    assert page.is_visible("#no-match")  # ... under a notice that none is a match
+    assert "No good match" in page.inner_text("#no-match")
+    assert all(0 <= float(c["matchProbability"]) < 0.5 for c in found)
+    shot(page, "no-good-match")
+    text_search(page, "striped mug")
+    assert not page.is_visible("#no-match")
+
+
+def test_match_words_only_finds_a_sku(page, sample_index: SampleIndex) -> None:
+    row = sample_index.rows()[4]
+    page.click("#filters-panel summary")
+    for mode in ("keyword", "hybrid"):
+        before = seq(page)
+        page.select_option("#mode", mode)  # a change searches again only with a query; this page has none yet
+        if before != seq(page):
+            wait_search(page, before)
+        assert text_search(page, row["sku"])[0]["productId"] == row["product_id"], mode
+
+
+def test_refine_a_photo_with_words_and_describe_it(page, sample_index: SampleIndex) -> None:
+    rows = sample_index.rows()
+    row = rows[0]
+    colour = next(c for c in ("blue", "red", "green", "yellow") if c != row["main_colour"])
+    before = seq(page)
+    page.set_input_files("#image-input", str(first_image(sample_index, row)))
+    assert wait_search(page, before) == "done"
+    assert page.is_visible("#describe-button")
+    before = seq(page)
+    with page.expect_request("**/v1/search/mix"):
+        page.fill("#q", f"+{colour}")
+        page.press("#q", "Enter")
+    assert wait_search(page, before) == "done"
+    assert page.is_visible("#query-chip")  # the photo stays: the words refine it
+    by_id = {r["product_id"]: r for r in rows}
+    colours = [by_id[c["productId"]]["main_colour"] for c in cards(page)[:5]]
+    assert colours.count(colour) >= 3, colours
+    shot(page, "refine-photo")
+
+    page.click("#filters-panel summary")
+    before = seq(page)
+    page.click("#describe-button")
+    page.wait_for_selector("#description li[data-facet=category]")
+    assert row["category"] in page.inner_text("#description li[data-facet=category]")
+    assert page.is_checked(f"#facet-category input[value='{row['category']}']")  # the filter follows the photo
+    wait_search(page, before)
+    assert {by_id[c["productId"]]["category"] for c in cards(page)} == {row["category"]}
+    shot(page, "describe-photo")

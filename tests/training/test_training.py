@@ -31,6 +31,53 @@ def test_training_smoke_run_learns_and_its_weights_load(tmp_path: Path) -> None:
     assert vec.shape == (1, 128) and np.isclose(np.linalg.norm(vec), 1.0, atol=1e-4)
 
 
+def test_fine_tuning_from_the_bundled_model_extends_its_text_context(tmp_path: Path) -> None:
+    """--init-from starts from trained weights; a longer context keeps the old positions (Chinese
+    captions need more than the first model's 24 tokens)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from catalens.encoder import BUNDLED_DIR
+    from training.train_clip import load_initial_weights
+
+    old = tmp_path / "old"
+    old.mkdir()
+    state = {k: v for k, v in load_file(str(BUNDLED_DIR / "catalens-demo" / "model.safetensors")).items()}
+    state["positional_embedding"] = state["positional_embedding"][:24]  # as the first model had it
+    from safetensors.torch import save_file
+
+    save_file(state, str(old / "model.safetensors"))
+    import open_clip
+
+    from training.commands import DEFAULT_CONFIG
+
+    open_clip.add_model_config(DEFAULT_CONFIG)
+    model = open_clip.create_model(DEFAULT_CONFIG.stem)
+    assert "24 -> 48" in load_initial_weights(model, old)
+    pos = model.positional_embedding.detach()
+    assert torch.equal(pos[:24], state["positional_embedding"].float())
+    assert torch.equal(pos[30], pos[23])  # the new positions start where the old ones ended
+    assert torch.equal(model.token_embedding.weight.detach(), state["token_embedding.weight"].float())
+
+
+def test_captioner_training_smoke_run_learns_and_its_weights_load(tmp_path: Path) -> None:
+    from catalens.captioner import load_captioner
+
+    out = tmp_path / "captioner"
+    result = run_cli("train-model", "--kind", "captioner", "--out", str(out), "--steps", "60", "--batch-size", "64",
+                     "--warmup", "3", "--n-images", "400", "--eval-products", "40", "--threads", "1", timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    losses = [h["loss"] for h in json.loads((out / "metrics.json").read_text())["loss_history"]]
+    assert losses[-1] < losses[0] - 1.0, losses
+    assert "Held-out renders" in (out / "MODEL_CARD.md").read_text()
+    captioner = load_captioner(out)
+    encoder = load_clip(ModelSpec("catalens-demo"))
+    from sampledata import world
+
+    vec = encoder.encode_images([world.render_product(world.ProductSpec("mug", "red", "blue", "striped"), 1)])
+    assert isinstance(captioner.captions(vec)[0], str)
+
+
 def test_reranker_training_smoke_run_learns_and_its_weights_load(tmp_path: Path) -> None:
     from catalens.reranker import load_reranker
 
