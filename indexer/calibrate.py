@@ -1,10 +1,12 @@
-"""Fit a version's match probabilities on pairs generated from its own catalog.
+"""Fit a version's match probabilities on searches generated from its own catalog.
 
-A positive is a product with its own title (without its brand and model codes: those are
-keyword matches). A negative is the product with that text after one word naming an
-attribute value (a colour, a pattern, its category...) was swapped for another value of
-that catalog column: the product is then one attribute away from what the text asks for,
-which is exactly the closest wrong answer a shopper must not be told matches.
+A query is a product's own title (without its brand and model codes: those are keyword
+matches), or that title after one attribute value it names (a colour, a pattern, its
+category...) was swapped for another value of that catalog column, which may describe no
+product at all. Each query is searched over the catalog's vectors, and each of its top hits
+is labelled by whether it has every attribute value the query names. So the map is fitted
+on what a search returns, right and one attribute wrong: exactly when a shopper must be
+told "no good match".
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from indexer.embedding_cache import EmbeddingCache
 LOG = logging.getLogger(__name__)
 MAX_PRODUCTS = 600  # products drawn for pairs: enough for two or three coefficients
 MIN_PAIRS = 40
+TOP_HITS = 3  # hits per generated search that are labelled
 
 
 def looks(record: ProductRecord) -> str:
@@ -38,51 +41,71 @@ def looks(record: ProductRecord) -> str:
     return " ".join(text.split())
 
 
-def swapped(text: str, record: ProductRecord, columns: dict[str, list[str]], rng: random.Random) -> str | None:
-    """The text with one attribute value it names swapped for another of the same column, or None."""
-    options = []
-    for column in columns:
-        value = value_of(record, column)
-        if value and re.search(rf"\b{re.escape(value)}\b", text, re.IGNORECASE):
-            options.append((column, value))
+def swapped(text: str, record: ProductRecord, columns: dict[str, list[str]],
+            rng: random.Random) -> tuple[str, str, str] | None:
+    """(the text with one attribute value it names swapped for another of that column, the column,
+    the new value), or None when it names none."""
+    options = [(c, v) for c, v in named_values(text, record, columns).items()]
     if not options:
         return None
     column, value = rng.choice(options)
     other = rng.choice([v for v in columns[column] if v.casefold() != value.casefold()])
-    return re.sub(rf"\b{re.escape(value)}\b", other, text, count=1, flags=re.IGNORECASE)
+    return re.sub(rf"\b{re.escape(value)}\b", other, text, count=1, flags=re.IGNORECASE), column, other
+
+
+def named_values(text: str, record: ProductRecord, columns: dict[str, list[str]]) -> dict[str, str]:
+    """The record's attribute values that the text names as words, by column."""
+    out = {}
+    for column in columns:
+        value = value_of(record, column)
+        if value and re.search(rf"\b{re.escape(value)}\b", text, re.IGNORECASE):
+            out[column] = value
+    return out
 
 
 def fit_calibration(records: Sequence[ProductRecord], encoder: ClipEncoder, reranker: Reranker | None,
                     cache: EmbeddingCache, features: EmbeddingCache | None, *, seed: int = 0) -> Calibration | None:
-    """The version's Platt maps, or None when the catalog gives too few pairs (logged)."""
+    """The version's Platt maps, or None when the catalog gives too few queries (logged)."""
     rng = random.Random(seed)
     columns = describable_columns(records)
-    picked = rng.sample(list(records), min(MAX_PRODUCTS, len(records)))
-    texts: list[str] = []
-    owners: list[ProductRecord] = []
-    labels: list[int] = []
-    for record in picked:
-        vectors = _image_vectors(record, cache)
-        positive = looks(record)
-        negative = swapped(positive, record, columns, rng) if positive else None
-        if not len(vectors) or negative is None:
+    products = [r for r in records if len(_image_vectors(r, cache))]
+    queries: list[tuple[str, dict[str, str]]] = []
+    for record in rng.sample(products, min(MAX_PRODUCTS, len(products))):
+        text = looks(record)
+        named = named_values(text, record, columns)
+        if not named:
             continue
-        texts += [positive, negative]
-        owners += [record, record]
-        labels += [1, 0]
-    if len(texts) < MIN_PAIRS:
-        LOG.warning("calibration skipped: only %d pairs from this catalog (titles naming attribute values "
-                    "are needed); results will carry no match probability", len(texts))
+        queries.append((text, named))
+        swap = swapped(text, record, columns, rng)
+        if swap is not None:
+            queries.append((swap[0], {**named, swap[1]: swap[2]}))
+    if len(queries) < MIN_PAIRS:
+        LOG.warning("calibration skipped: only %d queries from this catalog (titles naming attribute values "
+                    "are needed); results will carry no match probability", len(queries))
         return None
-    query = encoder.encode_texts(texts)
-    cosine = np.array([float((_image_vectors(r, cache) @ q).max()) for r, q in zip(owners, query)])
-    y = np.array(labels)
+    vectors = [_image_vectors(r, cache) for r in products]
+    matrix = np.concatenate(vectors)
+    owner = np.repeat(np.arange(len(products)), [len(v) for v in vectors])
+    query = encoder.encode_texts([t for t, _ in queries])
+    samples: list[tuple[str, ProductRecord, float, int]] = []
+    for (text, named), q in zip(queries, query):
+        best = np.full(len(products), -2.0, np.float32)
+        np.maximum.at(best, owner, matrix @ q)  # each product's best image
+        for i in np.argsort(-best)[:TOP_HITS]:
+            hit = products[int(i)]
+            right = all((value_of(hit, c) or "").casefold() == v.casefold() for c, v in named.items())
+            samples.append((text, hit, float(best[i]), int(right)))
+    cosine = np.array([c for _, _, c, _ in samples])
+    y = np.array([label for *_, label in samples])
+    if y.min() == y.max():
+        LOG.warning("calibration skipped: every generated search was %s", "right" if y[0] else "wrong")
+        return None
     fit: dict[str, float] = {}
     first = fit_platt(cosine[:, None], y)
     fit["first_stage_accuracy"] = _accuracy(first(cosine[:, None]), y)
     reranked = None
     if reranker is not None and features is not None:
-        scores = _rerank_scores(reranker, texts, owners, features)
+        scores = _rerank_scores(reranker, [t for t, *_ in samples], [h for _, h, *_ in samples], features)
         if scores is not None:
             x = np.stack([np.array([logit(s) for s in scores]), cosine], axis=1)
             reranked = fit_platt(x, y)
@@ -98,13 +121,21 @@ def _image_vectors(record: ProductRecord, cache: EmbeddingCache) -> np.ndarray:
 
 def _rerank_scores(reranker: Reranker, texts: list[str], owners: list[ProductRecord],
                    features: EmbeddingCache) -> list[float] | None:
-    """The reranker's score of each text against its product's first image's stored features."""
-    out = []
-    for text, record in zip(texts, owners):
+    """The reranker's score of each text against its product's first image's stored features
+    (one batched pass per distinct text)."""
+    feats = []
+    for record in owners:
         feat = next((features.get(f"rr:{img.content_hash}") for img in record.images if img.status == "ok"), None)
         if feat is None:
             return None
-        out.append(float(reranker.score(text, np.asarray(feat)[None].astype(np.float32))[0]))
+        feats.append(np.asarray(feat, np.float32))
+    out = [0.0] * len(texts)
+    slots: dict[str, list[int]] = {}
+    for i, text in enumerate(texts):
+        slots.setdefault(text, []).append(i)
+    for text, at in slots.items():
+        for i, score in zip(at, reranker.score(text, np.stack([feats[i] for i in at]))):
+            out[i] = float(score)
     return out
 
 

@@ -117,11 +117,18 @@ def cmd_describe(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_eval(args: argparse.Namespace, settings: Settings) -> int:
     from retrieval.evaluation import evaluate_queries
 
-    report = evaluate_queries(_loaded_searcher(settings), args.queries, k=10, rerank=args.rerank,
-                              progress=not args.json, mode=args.mode)
+    searcher = _loaded_searcher(settings)
+    report: dict = evaluate_queries(searcher, args.queries, k=10, rerank=args.rerank, progress=not args.json,
+                                    mode=args.mode)
     lines = [f"{name:<16} n={m['n']:<4} R@1 {m['recall@1']:.3f}  R@5 {m['recall@5']:.3f}  "
              f"R@10 {m['recall@10']:.3f}  MRR {m['mrr']:.3f}  nDCG@10 {m['ndcg@10']:.3f}  flagged {m['flagged']:.3f}"
              for name, m in report.items()]
+    if args.describe:
+        from retrieval.evaluation import evaluate_describe
+
+        described = evaluate_describe(searcher, args.queries, progress=not args.json)
+        report = {**report, **described}
+        lines.append("describe         " + "  ".join(f"{k} {v}" for k, v in described["describe"].items()))
     emit(args, report, "\n".join(lines))
     return 0
 
@@ -193,6 +200,8 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--queries", type=Path, required=True)
     p.add_argument("--rerank", action="store_true",
                    help="also report every query set reranked (as '<set>+rerank'), with the configured reranker")
+    p.add_argument("--describe", action="store_true",
+                   help="also report how often describe guesses each facet of the image queries' products right")
     _mode_flag(p)
     add_common_flags(p, model=True)
     p.set_defaults(handler=cmd_eval)

@@ -103,3 +103,27 @@ def evaluate_queries(searcher: Any, path: Path, *, k: int = 10, rerank: bool = F
             grades.setdefault(name, []).append(q.get("grades"))
             flagged.setdefault(name, []).append(bool(outcome.no_good_match))
     return {name: score_rankings(ranked[name], relevant[name], grades[name], flagged[name]) for name in ranked}
+
+
+def evaluate_describe(searcher: Any, path: Path, *, progress: bool = False) -> dict[str, dict[str, float]]:
+    """`describe` on the image queries: per facet, the share of photos whose guessed value is the
+    value of the product they show (its first relevant product), and the share with every facet right."""
+    from tqdm import tqdm
+
+    from catalens.facets import value_of
+    from catalens.images import decode_image
+
+    right: dict[str, int] = {}
+    every = n = 0
+    for q in tqdm([q for q in load_queries(path) if q["set"] == "image"], desc="describe", unit="photo",
+                  disable=not progress):
+        image = decode_image((path.parent / q["image"]).read_bytes(), max_pixels=searcher.settings.max_image_pixels)
+        product = searcher.product(q["relevant"][0])
+        guesses = searcher.describe(image, 1).attributes
+        hits = {name: g.value == value_of(product, name) for name, g in guesses.items()}
+        for name, ok in hits.items():
+            right[name] = right.get(name, 0) + ok
+        every += all(hits.values())
+        n += 1
+    return {"describe": {"n": n, **{name: round(c / max(1, n), 4) for name, c in right.items()},
+                         "all": round(every / max(1, n), 4)}}

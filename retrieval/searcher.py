@@ -46,6 +46,7 @@ FILTERED_MIN_FETCH = 32
 ALLOWED_CACHE_SIZE = 64  # filters whose allowed vectors a snapshot keeps (1 B per vector each)
 FACETS_FIELDS = ("category", "brand", "availability")
 MIX_DEPTH = 100  # candidates each positive part of a mixed query brings
+EDIT_SCALE = 1.0  # weight of the photo itself beside its described facets in an edited mix part
 # Under reranking, containing every query word adds this many logits (times full_match_weight).
 FULL_MATCH_LOGIT = 2.0
 
@@ -708,6 +709,7 @@ class Searcher:
         view = self.view
         t0 = time.perf_counter()
         vectors, named = self._mix_vectors(view, parts)
+        vectors = self._edited(view, parts, vectors)
         timings = {"encode": time.perf_counter() - t0}
         depth = max(MIX_DEPTH, 4 * k)
         pool: dict[int, tuple[float, int, int, int, int]] = {}
@@ -730,6 +732,37 @@ class Searcher:
         # No match probability: the calibration maps text-to-image cosines, and a mix's score is a
         # sum of standardised ones.
         return outcome
+
+    def _edited(self, view: View, parts: list[MixPart], vectors: list[np.ndarray]) -> list[np.ndarray]:
+        """Image and product parts rewritten when positive text parts name facet values ("like this, but
+        blue"): the photo is described in the catalog's facets (describe's prototypes), the named
+        facets take the named values, and the part becomes the photo plus the sum of those values'
+        prototypes. Moving the photo's vector alone keeps its colour and loses its pattern: a CLIP
+        image space binds the two (measured on the mixed set, README)."""
+        if view.snap.texts is None or not any(p.text is not None and p.weight > 0 for p in parts):
+            return vectors
+        prototypes = view.snap.prototypes()
+        edits = []
+        for part, vec in zip(parts, vectors):
+            if part.text is None or part.weight <= 0 or not prototypes.values:
+                continue
+            column = max(prototypes.vectors, key=lambda c: float((prototypes.vectors[c] @ vec).max()))
+            edits.append((part.weight, prototypes.vectors[column], int((prototypes.vectors[column] @ vec).argmax())))
+        out = []
+        for part, vec in zip(parts, vectors):
+            if part.text is not None:
+                out.append(vec)
+                continue
+            if not edits:
+                out.append(vec)
+                continue
+            # The photo described in the catalog's facets, the named ones changed, summed as prototypes.
+            chosen = {id(t): new for _, t, new in edits}
+            moved = EDIT_SCALE * vec
+            for table in prototypes.vectors.values():
+                moved = moved + table[chosen.get(id(table), int((table @ vec).argmax()))]
+            out.append(moved / max(float(np.linalg.norm(moved)), 1e-12))
+        return out
 
     def _mix_vectors(self, view: View, parts: list[MixPart]) -> tuple[list[np.ndarray], set[int]]:
         """Each part's unit vector (a product's: the mean of its vectors) and the pks of named products."""

@@ -8,9 +8,9 @@ from pathlib import Path
 
 CLIP_TEMPLATE = """# {name}
 
-A small CLIP trained from scratch by Catalens, on CPU, on the procedurally generated product
-world of `catalens sample` (`sampledata/world.py`). It ships inside the package so that the
-demo, the tests and the benchmarks run with no model hub.
+A small CLIP trained by Catalens, on CPU, on the procedurally generated product world of
+`catalens sample` (`sampledata/world.py`). It ships inside the package so that the demo, the
+tests and the benchmarks run with no model hub. {lineage}
 
 ## What it is
 - open_clip `CLIP`, config `{name}.json`: vision ViT {image_size} px, patch {patch} ({tokens} patch
@@ -26,8 +26,10 @@ demo, the tests and the benchmarks run with no model hub.
   negatives (the colour-swapped twin, another pattern, another main or secondary colour) so
   that batches must tell them apart. Loss: image-text `ClipLoss` for both renders plus
   {image_w} x an image-image `ClipLoss` between the two renders (image queries). Captions are
-  drawn each step from query-like, colour-role and title-like templates with synonyms.
-  `train.log` and `metrics.json` are beside the weights.
+  drawn each step from query-like, colour-role and title-like templates with synonyms; 30% are
+  Chinese (the same attributes in Chinese words and phrasing, so `plain_zh` queries work), and
+  12% of a patterned product's plain captions are bare "<colour> <category>" (so a bare query
+  is pattern-neutral). `train.log` and `metrics.json` are beside the weights.
 
 ## Metrics
 On a held-out generated catalog of {eval_n} products (seed {eval_seed}, never used in training),
@@ -43,8 +45,8 @@ It knows only the generated world: twelve flat, outlined product shapes (t-shirt
 bag, lamp, chair, bottle, hat, watch, sofa, vase, table), thirteen colours and four patterns.
 It has never seen a photograph and its text tower has only seen template captions; on real
 products its embeddings are meaningless. Attribute binding (which colour is the main one) is
-weak, as for any CLIP: the colour-swap set measures it. A bare "<colour> <category>" query
-reads as a solid product. Use a real open_clip model for real catalogs (see the README).
+weak, as for any CLIP: the colour-swap set measures it. Its Chinese is the generator's phrasing
+only. Use a real open_clip model for real catalogs (see the README).
 """
 
 ITM_TEMPLATE = """# {name}
@@ -57,6 +59,7 @@ fp16). {layers} blocks of [text self-attention, text-to-image cross-attention, M
 (width {width}) end in a binary match head.
 
 ## Training
+- {lineage}
 - {steps} steps of {batch} captions, {n_images:,} rendered specs in families of hard negatives
   (the colour-swapped twin, another pattern, another main or secondary colour). Every caption
   is scored against every image of its family, one random image, {mined} images drawn from
@@ -110,8 +113,12 @@ def _clip_card(folder: Path, summary: dict) -> str:
         f"{m['mrr']:.3f} | {m['ndcg@10']:.3f} |" for k, m in summary["metrics"].items())
     weights = folder / "model.safetensors"
     args = summary.get("args", {})
+    init = args.get("init_from")
+    lineage = (f"This version was fine-tuned from the previous weights (`{Path(init).name}`, trained from scratch\n"
+               "for 6,000 steps; see its card in git history), with its text context extended to\n"
+               f"{text['context_length']} tokens." if init else "Trained from scratch.")
     return CLIP_TEMPLATE.format(
-        name=name, image_size=vision["image_size"], patch=vision["patch_size"],
+        name=name, lineage=lineage, image_size=vision["image_size"], patch=vision["patch_size"],
         tokens=(vision["image_size"] // vision["patch_size"]) ** 2, vwidth=vision["width"], vlayers=vision["layers"],
         context=text["context_length"], twidth=text["width"], tlayers=text["layers"], vocab=text["vocab_size"],
         embed=config["embed_dim"], params=_params(weights) / 1e6, size_mb=weights.stat().st_size / 1e6,
@@ -142,8 +149,12 @@ def _itm_card(folder: Path, summary: dict) -> str:
     }.get(config.image_encoder, "the frozen CLIP vision tower's patch tokens")
     args = summary.get("args", {})
     weights_file = folder / ITM_WEIGHTS
+    init = args.get("init_from")
+    lineage = (f"Fine-tuned from the previous head (`{Path(init).name}`, 2,400 steps from scratch on the first CLIP;\n"
+               "  its card is in git history) on the current CLIP, whose captions include Chinese and bare ones."
+               if init else "Trained from scratch.")
     return ITM_TEMPLATE.format(
-        name=folder.name, base=config.base_model, layers=config.layers, width=config.width, steps=summary["steps"],
+        name=folder.name, lineage=lineage, base=config.base_model, layers=config.layers, width=config.width, steps=summary["steps"],
         batch=summary["batch_size"], n_images=args.get("n_images", 0), mined=args.get("mined", 0),
         train_min=summary["train_seconds"] / 60, threads=summary["threads"], seed=summary["seed"],
         params=_params(weights_file) / 1e6, size_kb=weights_file.stat().st_size / 1e3,

@@ -50,6 +50,19 @@ def test_unknown_models_and_files_are_model_load_errors(spec: ModelSpec) -> None
         load_clip(spec)
 
 
+@pytest.mark.slow  # open_clip builds the ViT before it asks the hub for the XLM-R tower
+def test_a_multilingual_open_clip_model_takes_the_real_loading_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chinese queries on real catalogs: open_clip's XLM-R CLIPs. Offline the path runs up to the
+    model hub (open_clip knows the name: an XLM-R text tower) and ends in a typed error, not a crash."""
+    import open_clip
+
+    config = open_clip.get_model_config("xlm-roberta-base-ViT-B-32")
+    assert config["text_cfg"]["hf_tokenizer_name"] == "xlm-roberta-base"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # never a 1 GB download, even on a machine with internet
+    with pytest.raises(ModelLoadError, match="xlm-roberta-base-ViT-B-32"):
+        load_clip(ModelSpec("xlm-roberta-base-ViT-B-32", "laion5b_s13b_b90k"), device="cpu")
+
+
 def test_local_checkpoint_file_loads_through_the_same_loader(tmp_path: Path, encoder) -> None:
     from safetensors.torch import save_file
 

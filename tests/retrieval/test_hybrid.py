@@ -209,3 +209,19 @@ def test_the_keyword_index_is_an_immutable_version_file(sample_index: SampleInde
     with sqlite3.connect(f"file:{version / keywords.KEYWORDS}?mode=ro", uri=True) as conn:
         skus = conn.execute("SELECT count(*) FROM skus").fetchone()[0]
     assert skus == len(sample_index.rows())
+
+
+def test_a_chinese_query_finds_the_products_its_english_twin_finds(client, sample_index: SampleIndex) -> None:
+    """The bundled CLIP reads the generator's Chinese phrasing: "红色条纹马克杯" is a red striped mug."""
+    from collections import Counter
+
+    from sampledata.texts import ZH_CATEGORIES, ZH_COLOURS, ZH_PATTERN_ADJECTIVES
+
+    rows = sample_index.rows()
+    by_id = {r["product_id"]: r for r in rows}
+    combos = Counter((r["category"], r["main_colour"], r["pattern"]) for r in rows)
+    for (category, colour, pattern), _ in combos.most_common(6):
+        query = ZH_COLOURS[colour][0] + ZH_PATTERN_ADJECTIVES[pattern][0] + ZH_CATEGORIES[category][0]
+        top = [by_id[r["product_id"]] for r in _search(client, query)["results"][:3]]
+        assert any((r["category"], r["main_colour"], r["pattern"]) == (category, colour, pattern) for r in top), \
+            (query, [(r["category"], r["main_colour"], r["pattern"]) for r in top])
