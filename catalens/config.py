@@ -82,7 +82,7 @@ class Settings(BaseSettings):
                                           "rank fusion or relative score fusion (min-max scaled scores)")
     rrf_k: float = Field(default=60.0, gt=0, description="the RRF constant: score = sum of weight / (k + rank)")
     vector_weight: float = Field(default=1.0, ge=0, le=100, description="weight of the vector ranking in hybrid")
-    keyword_weight: float = Field(default=0.2, ge=0, le=100, description="weight of the keyword ranking in hybrid")
+    keyword_weight: float = Field(default=0.05, ge=0, le=100, description="weight of the keyword ranking in hybrid")
     full_match_weight: float = Field(default=1.0, ge=0, le=100, description="hybrid: a product containing every "
                                      "query word gets this many first-place votes")
     fusion_depth: int = Field(default=50, ge=1, le=1000, description="candidates each ranking gives to fusion")

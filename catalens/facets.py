@@ -30,7 +30,7 @@ def value_of(record: ProductRecord, column: str) -> str | None:
 
 
 def describable_columns(records: Sequence[ProductRecord]) -> dict[str, list[str]]:
-    """Category and the attribute columns with 2..MAX_VALUES short text values, in catalog order."""
+    """Category and the attribute columns with 2..MAX_VALUES short, repeating text values, in catalog order."""
     values: dict[str, set[str]] = {"category": set()}
     filled: dict[str, int] = {}
     for record in records:
@@ -42,8 +42,9 @@ def describable_columns(records: Sequence[ProductRecord]) -> dict[str, list[str]
             if value is not None and len(value) <= MAX_VALUE_CHARS:
                 values.setdefault(column, set()).add(value)
     n = max(1, len(records))
+    # Values must repeat (at most one per two products): a column of distinct values is free text.
     return {k: sorted(v) for k, v in values.items()
-            if 2 <= len(v) <= MAX_VALUES and filled.get(k, 0) / n >= MIN_COVERAGE}
+            if 2 <= len(v) <= min(MAX_VALUES, max(2, filled.get(k, 0) // 2)) and filled.get(k, 0) / n >= MIN_COVERAGE}
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import statistics
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -137,7 +138,8 @@ def export(encoder: ClipEncoder, folder: Path) -> OnnxMeta:
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with torch.no_grad():
+        # The exporter prints its progress on stdout, which belongs to --json output: onto stderr.
+        with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
             torch.onnx.export(text_tower, (tokens,), str(tmp / TEXT), dynamo=True, external_data=False,
                               input_names=["tokens"], output_names=["text_embeds"], opset_version=OPSET,
                               dynamic_shapes={"tokens": {0: batch, 1: torch.export.Dim("seq", min=2, max=ctx)}})

@@ -521,8 +521,8 @@ class Searcher:
     def _rerank(self, reranker: Reranker, view: View, query: str, outcome: SearchOutcome, k: int) -> SearchOutcome:
         """Reorder by the reranker within the time budget; past it, the first-stage order, unreranked."""
         t0 = time.perf_counter()
-        for hit in outcome.hits:
-            hit.first_stage_score = hit.score
+        for hit in outcome.hits:  # the CLIP cosine (in hybrid, the fused score is not one)
+            hit.first_stage_score = hit.similarity if hit.similarity is not None else hit.score
         budget = self.settings.rerank_budget_ms / 1000
         future = self._rerank_pool.submit(self._rerank_scores, reranker, view, query, outcome.hits)
         try:
@@ -543,8 +543,7 @@ class Searcher:
         for hit, score in zip(outcome.hits, scores):
             hit.rerank_score = None if score is None else float(score)
             if score is not None:
-                first = hit.similarity if hit.similarity is not None else hit.score
-                hit.score = fused_score(float(score), first, w)
+                hit.score = fused_score(float(score), hit.first_stage_score or 0.0, w)
                 if hit.full_match:  # the keyword evidence the reranker cannot read (brands, names)
                     hit.score += self.settings.full_match_weight * FULL_MATCH_LOGIT
         # Products with no image features (text-only) keep their place after the judged ones.

@@ -45,7 +45,10 @@ def searcher_on(index: SampleIndex, encoder: Any, reranker: Any) -> Any:
 
     settings = Settings(index_dir=index.index_dir, database_url=index.database_url,
                         vector_store=index.vector_store, threads=1)
+    from retrieval.app import load_bundled_captioner
+
     s = Searcher(settings, create_session_factory(create_db_engine(settings.db_url)), encoder, reranker=reranker)
+    s.captioner = load_bundled_captioner(settings)
     s.reload()
     return s
 

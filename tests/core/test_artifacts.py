@@ -30,7 +30,8 @@ def test_manifest_describes_the_files(sample_index: SampleIndex) -> None:
     manifest, images, texts = artifacts.load_version(_active(sample_index.index_dir))
     assert manifest.count == images.ntotal and manifest.text_count == texts.ntotal == len(sample_index.rows())
     assert manifest.dim == 128 and manifest.catalog_checksum and set(manifest.files) == {
-        "images.faiss", "texts.faiss", "products.parquet", "rerank_ids.npy", "rerank_features.npy"}
+        "images.faiss", "texts.faiss", "products.parquet", "rerank_ids.npy", "rerank_features.npy", "keywords.sqlite",
+        "calibration.json"}
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])

@@ -95,13 +95,14 @@ def test_index_build_describe_writes_the_missing_descriptions(sample_index: Samp
     from fastapi.testclient import TestClient
 
     from retrieval.app import create_app
-    from tests.support import absolute_images, build_in_process, read_rows, searcher_on, write_rows
+    from tests.support import build_in_process, read_rows, searcher_on, write_rows
 
-    rows = absolute_images(read_rows(sample_index.catalog)[:24], sample_index.sample_dir)
+    rows = read_rows(sample_index.catalog)[:24]
     for row in rows[:12]:
         row["description"] = ""
     index = tmp_path / "index"
-    summary = build_in_process(index, write_rows(tmp_path / "c.csv", rows), encoder, describe=True)
+    summary = build_in_process(index, write_rows(tmp_path / "c.csv", rows), encoder, describe=True,
+                               images_root=sample_index.sample_dir)
     assert summary.described == 12
     searcher = searcher_on(SampleIndex(sample_index.sample_dir, index), encoder, None)
     with TestClient(create_app(searcher.settings, searcher=searcher)) as client:

@@ -111,11 +111,12 @@ def test_query_labels_follow_the_definitions(tmp_path: Path) -> None:
 
     rows = {r["product_id"]: r for r in csv.DictReader(open(tmp_path / "catalog.csv"))}
     queries = [json.loads(line) for line in open(tmp_path / "queries.jsonl")]
-    assert {q["set"] for q in queries} == {"plain", "color_swap", "image"}
+    assert {q["set"] for q in queries} == {"plain", "color_swap", "image", "plain_zh", "bare", "keyword", "nomatch",
+                                           "mixed"}
     for q in queries:
         rel = [rows[pid] for pid in q["relevant"]]
-        assert rel
-        if q["set"] == "plain":
+        assert rel or q["set"] == "nomatch"
+        if q["set"] in ("plain", "plain_zh"):
             keys = {(r["category"], r["main_colour"], r["pattern"]) for r in rel}
             assert len(keys) == 1
             expected = {pid for pid, r in rows.items() if (r["category"], r["main_colour"], r["pattern"]) in keys}
@@ -123,6 +124,25 @@ def test_query_labels_follow_the_definitions(tmp_path: Path) -> None:
         elif q["set"] == "color_swap":
             assert len({(r["main_colour"], r["secondary_colour"]) for r in rel}) == 1
             assert q["text"].startswith(rel[0]["main_colour"])
+        elif q["set"] == "bare":  # every product of that colour and category, solid ones graded highest
+            keys = {(r["category"], r["main_colour"]) for r in rel}
+            assert len(keys) == 1
+            assert set(q["relevant"]) == {pid for pid, r in rows.items() if (r["category"], r["main_colour"]) in keys}
+            assert all(q["grades"][r["product_id"]] == (2 if r["pattern"] == "solid" else 1) for r in rel)
+        elif q["set"] == "keyword":
+            if q["kind"] == "sku":
+                assert [r["sku"] for r in rel] == [q["text"]]
+            elif q["kind"] in ("model", "brand_model"):
+                assert all(r["title"].endswith(q["text"].split()[-1]) for r in rel)
+            else:
+                assert all(q["text"].startswith(r["brand"]) for r in rel)
+        elif q["set"] == "nomatch":
+            assert all(r["category"] == rel[0]["category"] for r in rel)  # other categories never count
+            assert set(q["grades"].values()) <= {1, 2}
+        elif q["set"] == "mixed":
+            assert q["parts"][0]["image"] == q["image"] and (tmp_path / q["image"]).is_file()
+            looks = {(r["category"], r["pattern"]) for r in rel}
+            assert len(looks) == 1 and len({r["main_colour"] for r in rel}) == 1
         else:
             assert (tmp_path / q["image"]).is_file()
 
