@@ -20,7 +20,7 @@ import numpy as np
 
 from catalens.calibration import Calibration, fit_platt, logit
 from catalens.encoder import ClipEncoder
-from catalens.facets import describable_columns, value_of
+from catalens.facets import FacetPrototypes, describable_columns, value_of
 from catalens.records import ProductRecord
 from catalens.reranker import Reranker
 from indexer.embedding_cache import EmbeddingCache
@@ -63,12 +63,52 @@ def named_values(text: str, record: ProductRecord, columns: dict[str, list[str]]
     return out
 
 
+def visible_columns(products: Sequence[ProductRecord], columns: dict[str, list[str]], cache: EmbeddingCache,
+                    rng: random.Random, sample: int = 1000) -> dict[str, list[str]]:
+    """The columns a picture shows: the CLIP tells a product's value from the others of its category
+    (zero-shot, against describe's prototypes) at least twice as often as chance. A material is
+    named in titles but no picture shows it: labelling hits by it would call right answers wrong."""
+    picked = rng.sample(list(products), min(sample, len(products)))
+    texts: dict[int, np.ndarray] = {}
+    for r in picked:
+        vec = cache.get(f"txt:{r.text_hash}")
+        if vec is not None:
+            texts[r.pk] = np.asarray(vec, np.float32)
+    known = [r for r in picked if r.pk in texts]
+    if not known:
+        return columns
+    prototypes = FacetPrototypes.build(known, lambda pks: np.stack([texts[int(pk)] for pk in pks]))
+    within: dict[tuple[str, str | None], set[int]] = {}
+    for column, names in prototypes.values.items():
+        for r in known:
+            within.setdefault((column, r.category), set()).add(names.index(value_of(r, column)))
+    out = {}
+    for column, values in columns.items():
+        if column == "category" or column not in prototypes.values:
+            out[column] = values
+            continue
+        table, names = prototypes.vectors[column], prototypes.values[column]
+        right = chance = 0.0
+        for r in known:
+            allowed = sorted(within[(column, r.category)])
+            image = _image_vectors(r, cache).mean(axis=0)
+            guess = allowed[int(np.argmax(table[allowed] @ image))]
+            right += guess == names.index(value_of(r, column))
+            chance += 1 / len(allowed)
+        if right >= 2 * chance:
+            out[column] = values
+        else:
+            LOG.info("calibration: %s is not visible in the pictures (%.0f%% right, chance %.0f%%)", column,
+                     100 * right / len(known), 100 * chance / len(known))
+    return out
+
+
 def fit_calibration(records: Sequence[ProductRecord], encoder: ClipEncoder, reranker: Reranker | None,
                     cache: EmbeddingCache, features: EmbeddingCache | None, *, seed: int = 0) -> Calibration | None:
     """The version's Platt maps, or None when the catalog gives too few queries (logged)."""
     rng = random.Random(seed)
-    columns = describable_columns(records)
     products = [r for r in records if len(_image_vectors(r, cache))]
+    columns = visible_columns(products, describable_columns(records), cache, rng)
     queries: list[tuple[str, dict[str, str]]] = []
     for record in rng.sample(products, min(MAX_PRODUCTS, len(products))):
         text = looks(record)
