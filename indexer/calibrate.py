@@ -108,6 +108,8 @@ def fit_calibration(records: Sequence[ProductRecord], encoder: ClipEncoder, rera
     """The version's Platt maps, or None when the catalog gives too few queries (logged)."""
     rng = random.Random(seed)
     products = [r for r in records if len(_image_vectors(r, cache))]
+    if not products:  # nothing with a picture: the write stage refuses an empty index, or serves text only
+        return None
     columns = visible_columns(products, describable_columns(records), cache, rng)
     queries: list[tuple[str, dict[str, str]]] = []
     for record in rng.sample(products, min(MAX_PRODUCTS, len(products))):

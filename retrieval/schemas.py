@@ -78,7 +78,7 @@ class MixPartIn(BaseModel):
     text: Text | None = Field(default=None, max_length=MAX_QUERY_CHARS)
     image: str | None = Field(default=None, description="a JPEG, PNG, WEBP or GIF image, base64 (or a data: URL)")
     product_id: Text | None = Field(default=None, max_length=200, description="an existing product's id")
-    weight: float = Field(default=1.0, ge=-10, le=10, allow_inf_nan=False,
+    weight: float = Field(default=1.0, ge=-10, le=10, allow_inf_nan=False, strict=True,
                           description="how much of the query this part is; negative pushes results away from it")
 
     @field_validator("text")
@@ -108,7 +108,7 @@ class TextSearchIn(BaseModel):
                               description="first-stage candidates the reranker reads (at least k are read)")
     mode: SearchMode | None = Field(default=None, description="hybrid: keyword (BM25) and vector rankings fused; "
                                     "vector or keyword alone (default: the server's CATALENS_SEARCH_MODE, hybrid)")
-    min_score: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False,
+    min_score: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False, strict=True,
                                     description="drop results whose match_probability is below this")
 
     @field_validator("query")

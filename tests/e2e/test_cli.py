@@ -122,9 +122,12 @@ def test_eval_reports_every_query_set(sample_index: SampleIndex) -> None:
                      str(sample_index.sample_dir / "queries.jsonl"), "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert set(report) == {"plain", "color_swap", "image"}
-    for metrics in report.values():
-        assert set(metrics) == {"n", "recall@1", "recall@5", "recall@10", "mrr", "ndcg@10"}
+    assert set(report) == {"plain", "color_swap", "image", "plain_zh", "bare", "keyword", "nomatch", "mixed"}
+    for metrics in report.values():  # the keys every set always had, and the no-good-match share
+        assert set(metrics) == {"n", "recall@1", "recall@5", "recall@10", "mrr", "ndcg@10", "flagged"}
         assert 0 <= metrics["recall@1"] <= metrics["recall@5"] <= metrics["recall@10"] <= 1
+        assert 0 <= metrics["flagged"] <= 1
     assert report["image"]["recall@1"] >= 0.7
-    assert report["plain"]["recall@10"] >= 0.8
+    assert report["plain"]["recall@10"] >= 0.8 and report["plain_zh"]["recall@10"] >= 0.8
+    assert report["keyword"]["recall@1"] >= 0.9
+    assert report["nomatch"]["flagged"] > report["plain"]["flagged"]
