@@ -149,6 +149,7 @@ class KeywordIndex:
         self._local = threading.local()
         self._memory: sqlite3.Connection | None = None
         self._memory_lock = threading.Lock()
+        self._name_terms: set[str] | None = None
         if path is None:  # a version written before keyword indexes: built in memory at load
             self._memory = sqlite3.connect(":memory:", check_same_thread=False)
             _fill(self._memory, records)
@@ -182,27 +183,15 @@ class KeywordIndex:
                            "ORDER BY s LIMIT ?", (match_expression(phrases), int(limit)))
         return [(int(row), -float(score)) for row, score in rows]
 
-    def matching_all(self, phrases: Sequence[Phrase], rows: Sequence[int]) -> set[int]:
-        """Those of the rows that contain every phrase (in any field)."""
-        if not rows:
-            return set()
-        marks = ",".join("?" * len(rows))
-        found = self._query(f"SELECT rowid FROM docs WHERE docs MATCH ? AND rowid IN ({marks})",
-                            (" AND ".join('"' + " ".join(p) + '"' for p in phrases), *rows))
-        return {int(r) for (r,) in found}
-
-    def names(self, phrases: Sequence[Phrase], rows: Sequence[int], *, every: bool = True) -> set[int]:
-        """Those of the rows the query names: each phrase (every=False: some phrase) is in its brand
-        or SKU, or is a code (has a digit, like a model name) found anywhere. Words a picture shows
-        never name a product."""
-        if not rows:
-            return set()
-        marks = ",".join("?" * len(rows))
-        parts = [f'"{" ".join(p)}"' if any(ch.isdigit() for w in p for ch in w) else f'{{brand sku}} : "{" ".join(p)}"'
-                 for p in phrases]
-        found = self._query(f"SELECT rowid FROM docs WHERE docs MATCH ? AND rowid IN ({marks})",
-                            ((" AND " if every else " OR ").join(parts), *rows))
-        return {int(r) for (r,) in found}
+    def can_name(self, phrase: Phrase) -> bool:
+        """Whether the phrase could name a product: a code (it has a digit) or words of a brand or SKU."""
+        if any(ch.isdigit() for w in phrase for ch in w):
+            return True
+        if self._name_terms is None:  # once per version: a few words per brand and SKU
+            brands = self._query("SELECT DISTINCT brand FROM docs", ())
+            skus = self._query("SELECT sku FROM skus", ())
+            self._name_terms = {w for (text,) in (*brands, *skus) for w in terms(text or "")}
+        return all(w in self._name_terms for w in phrase)
 
     def sku_rows(self, text: str) -> list[int]:
         """Rows whose SKU is exactly the text (case and spacing aside)."""
@@ -244,6 +233,13 @@ def names(phrases: Sequence[Phrase], fields: Sequence[list[str]], *, every: bool
     found = ((any(_occurrences(p, f) for f in fields) if any(ch.isdigit() for w in p for ch in w)
               else bool(_occurrences(p, brand) or _occurrences(p, sku))) for p in phrases)
     return all(found) if every else any(found)
+
+
+def flags(phrases: Sequence[Phrase], fields: dict[int, Sequence[list[str]]]) -> tuple[set[int], set[int]]:
+    """Of tokenized records by pk: (those containing every phrase, one of which names them; those
+    the query names whole)."""
+    full = {pk for pk, f in fields.items() if contains_all(phrases, f) and names(phrases, f, every=False)}
+    return full, {pk for pk, f in fields.items() if names(phrases, f)}
 
 
 def _occurrences(phrase: Phrase, words: list[str]) -> int:

@@ -171,10 +171,7 @@ class LiveLayer:
         """(live products among pks containing every phrase with some phrase naming them, those the
         query names whole: keywords.names)."""
         docs = self._keyword_tables()["docs"] if self.records else {}
-        fields = {pk: docs[pk] for pk in pks if pk in docs}
-        return ({pk for pk, f in fields.items()
-                 if keywords.contains_all(phrases, f) and keywords.names(phrases, f, every=False)},
-                {pk for pk, f in fields.items() if keywords.names(phrases, f)})
+        return keywords.flags(phrases, {pk: docs[pk] for pk in pks if pk in docs})
 
     def sku_match(self, text: str) -> int | None:
         """The live product whose SKU is exactly the text, if any."""

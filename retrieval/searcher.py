@@ -444,14 +444,14 @@ class Searcher:
     def _keyword_flags(self, view: View, phrases: list[Phrase],
                        candidates: list[tuple[float, int, int, int, int]]) -> tuple[set[int], set[int]]:
         """(pks of the candidates containing every phrase, one of which names them (a brand, a
-        code), and pks of those the query names whole)."""
+        code), and pks of those the query names whole). Nothing to do, and no cost, for a query
+        none of whose phrases could name a product (most descriptive queries)."""
         snap = view.snap
         assert snap.keywords is not None
+        if not any(snap.keywords.can_name(p) for p in phrases):
+            return set(), set()
         rows = [b[2] for b in candidates if b[2] >= 0]
-        pk_of = {b[2]: b[1] for b in candidates if b[2] >= 0}
-        partly = snap.keywords.names(phrases, rows, every=False)
-        full = {pk_of[r] for r in snap.keywords.matching_all(phrases, [r for r in rows if r in partly])}
-        named = {pk_of[r] for r in snap.keywords.names(phrases, rows)}
+        full, named = keywords.flags(phrases, {r.pk: keywords.document_terms(r) for r in snap.products.records(rows)})
         live_full, live_named = view.live.keyword_flags(phrases, [b[1] for b in candidates if b[2] < 0])
         return full | live_full, named | live_named
 
@@ -464,7 +464,9 @@ class Searcher:
         assert snap.keywords is not None
         mask = snap.products.mask(filters) if filters.active else None
         hidden = live.hidden_rows
-        limit = want
+        # A filter drops rows after the search: ask for as many as should leave `want` passing,
+        # so that one FTS5 query is usually enough (each one scores every matching row).
+        limit = want if mask is None else int(want / max(float(mask.mean()), 1e-3) * 1.5) + 10
         while True:  # filters and live changes drop rows after the search: fetch more while short
             found = snap.keywords.search(phrases, limit)
             rows = [(row, score) for row, score in found
