@@ -27,7 +27,7 @@ from indexer.embedding_cache import EmbeddingCache
 
 LOG = logging.getLogger(__name__)
 MAX_PRODUCTS = 600  # products drawn for pairs: enough for two or three coefficients
-MIN_PAIRS = 40
+MIN_QUERIES = 40
 TOP_HITS = 3  # hits per generated search that are labelled
 
 
@@ -121,7 +121,7 @@ def fit_calibration(records: Sequence[ProductRecord], encoder: ClipEncoder, rera
         swap = swapped(text, record, columns, rng)
         if swap is not None:
             queries.append((swap[0], {**named, swap[1]: swap[2]}))
-    if len(queries) < MIN_PAIRS:
+    if len(queries) < MIN_QUERIES:
         LOG.warning("calibration skipped: only %d queries from this catalog (titles naming attribute values "
                     "are needed); results will carry no match probability", len(queries))
         return None

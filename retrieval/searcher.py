@@ -46,7 +46,6 @@ FILTERED_MIN_FETCH = 32
 ALLOWED_CACHE_SIZE = 64  # filters whose allowed vectors a snapshot keeps (1 B per vector each)
 FACETS_FIELDS = ("category", "brand", "availability")
 MIX_DEPTH = 100  # candidates each positive part of a mixed query brings
-EDIT_SCALE = 1.0  # weight of the photo itself beside its described facets in an edited mix part
 # Under reranking, containing every query word adds this many logits (times full_match_weight).
 FULL_MATCH_LOGIT = 2.0
 
@@ -75,6 +74,17 @@ class Hit:
 
 
 @dataclass(frozen=True)
+class TextCandidates:
+    """A text query's candidates, (score, pk, row or -1, image position, vector id), best first after
+    sorting; the pks the query names, those containing every query word, and the vector ranking's cosines."""
+
+    best: list[tuple[float, int, int, int, int]]
+    named: set[int]
+    full: set[int]
+    cosines: dict[int, float]
+
+
+@dataclass(frozen=True)
 class MixPart:
     """One weighted part of a mixed query: a text, a decoded image or an existing product's id."""
 
@@ -92,7 +102,6 @@ class Description:
     caption: str | None
     title: str
     similar: SearchOutcome
-    captioned: bool
 
 
 @dataclass
@@ -386,14 +395,17 @@ class Searcher:
         t0 = time.perf_counter()
         vec = self.encode_text(query)  # keyword mode too: the match probability reads the cosine
         timings = {"encode": time.perf_counter() - t0}
-        best, named, full = self._text_best(view, query, None if mode == "keyword" else vec, phrases, want,
-                                            filters, mode, timings)
-        outcome = self._finish(view, best, want, None, timings)
+        found = self._text_best(view, query, None if mode == "keyword" else vec, phrases, want, filters, mode,
+                                 timings)
+        outcome = self._finish(view, found.best, want, None, timings)
         outcome.mode = mode
-        self._attach_similarity(view, outcome.hits, vec)
         for hit in outcome.hits:
-            hit.exact_match = hit.product.pk in named
-            hit.full_match = hit.product.pk in full
+            hit.similarity = found.cosines.get(hit.product.pk)
+            if hit.similarity is None:  # found by keywords only: its best vector against the query
+                vectors = self._vectors_of(view, hit.product)
+                hit.similarity = float((vectors @ vec).max()) if len(vectors) else 0.0
+            hit.exact_match = hit.product.pk in found.named
+            hit.full_match = hit.product.pk in found.full
         if rerank and reranker is not None:
             outcome = self._rerank(reranker, view, query, outcome, k)
         else:
@@ -404,9 +416,8 @@ class Searcher:
         return outcome
 
     def _text_best(self, view: View, query: str, vec: np.ndarray | None, phrases: list[Phrase], want: int,
-                   filters: Filters, mode: str, timings: dict[str, float]
-                   ) -> tuple[list[tuple[float, int, int, int, int]], set[int], set[int]]:
-        """(fused or single-ranking candidates, pks the query names, pks containing every query word).
+                   filters: Filters, mode: str, timings: dict[str, float]) -> TextCandidates:
+        """The fused (or single-ranking) candidates of a text query, with what the keywords say of them.
 
         A product the query names (its SKU, its brand, a model code in its text) comes first; in
         hybrid, one containing every word, some of which name it ("Marlow bucket hat"), gets a
@@ -439,7 +450,7 @@ class Searcher:
             pinned = {b[1]: (top + b[0], *b[1:]) for b in best if b[1] in named}
             pinned |= {b[1]: (top + 1.0, *b[1:]) for b in exact}  # the SKU itself before its brand's others
             best = [b for b in best if b[1] not in named] + list(pinned.values())
-        return best, named, full
+        return TextCandidates(best, named, full, {b[1]: b[0] for b in vector})
 
     def _keyword_flags(self, view: View, phrases: list[Phrase],
                        candidates: list[tuple[float, int, int, int, int]]) -> tuple[set[int], set[int]]:
@@ -500,12 +511,6 @@ class Searcher:
         if pk is not None and (not filters.active or filters.matches(live.records[pk])):
             out.append((0.0, pk, -1, *live.first_vector(pk)))
         return out
-
-    def _attach_similarity(self, view: View, hits: list[Hit], vec: np.ndarray) -> None:
-        """Each hit's cosine with the query: what reranking and the match probability read."""
-        for hit in hits:
-            vectors = self._vectors_of(view, hit.product)
-            hit.similarity = float((vectors @ vec).max()) if len(vectors) else 0.0
 
     def _calibrate(self, view: View, outcome: SearchOutcome, min_score: float | None) -> None:
         """Match probabilities from the version's calibration; min_score drops the hits below it."""
@@ -651,7 +656,7 @@ class Searcher:
         similar = self._search(view, vec, k, Filters(), encode_s=0.0)
         for hit in similar.hits:
             hit.similarity = hit.score
-        return Description(attributes, caption, suggested_title(attributes, caption), similar, caption is not None)
+        return Description(attributes, caption, suggested_title(attributes, caption), similar)
 
     def _caption(self, image: Any, vec: np.ndarray) -> str | None:
         """The captioner's (or a captioning reranker's) caption, or None past the time budget."""
@@ -759,7 +764,7 @@ class Searcher:
                 continue
             # The photo described in the catalog's facets, the named ones changed, summed as prototypes.
             chosen = {id(t): new for _, t, new in edits}
-            moved = EDIT_SCALE * vec
+            moved = vec
             for table in prototypes.vectors.values():
                 moved = moved + table[chosen.get(id(table), int((table @ vec).argmax()))]
             out.append(moved / max(float(np.linalg.norm(moved)), 1e-12))

@@ -193,3 +193,20 @@ class GatedImageServer:
         self.gate.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+class Background:
+    """Threads (`self.threads`, set by a subclass) that run beside the block and stop at its end."""
+
+    stop: threading.Event
+    threads: list[threading.Thread]
+
+    def __enter__(self) -> Any:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)

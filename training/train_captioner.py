@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 import time
 
 from sampledata import texts, world
@@ -23,7 +22,7 @@ from training.train_clip import (
     render_training_set,
     write_summary,
 )
-from training.train_itm import _log_to, _normalised
+from training.train_itm import normalised, start_head_run
 
 LOG = logging.getLogger("catalens.train")
 CAPTIONER_SEED_OFFSET = 20_000
@@ -65,14 +64,8 @@ def train_captioner(args: argparse.Namespace) -> dict:
 
     from catalens.captioner import CaptionerConfig, CaptionHead, vocabulary
     from catalens.clip_tokenizer import ClipTokenizer
-    from catalens.encoder import ModelSpec, load_clip
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    handler = _log_to(args.out / "train.log")
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    rng = random.Random(args.seed)
-    clip = load_clip(ModelSpec(args.base_model), device="cpu")
+    handler, rng, clip = start_head_run(args)
     tokenizer = ClipTokenizer()
     vocab = vocabulary(every_caption(), tokenizer)
     index = {token: i for i, token in enumerate(vocab)}
@@ -80,7 +73,7 @@ def train_captioner(args: argparse.Namespace) -> dict:
     specs, images, _ = render_training_set(args.n_images, args.seed + TRAIN_SEED_OFFSET + CAPTIONER_SEED_OFFSET,
                                            clip.image_size, args.threads, views=1)
     with torch.inference_mode():
-        vectors = encode_images(clip.model, _normalised(images[:, 0]))
+        vectors = encode_images(clip.model, normalised(images[:, 0]))
     tokens = [[0, *(index[t] for t in tokenizer.encode(texts.canonical_caption(s))), 1] for s in specs]
     length = max(map(len, tokens))
     seqs = torch.tensor([t + [1] * (length - len(t)) for t in tokens])
@@ -128,7 +121,7 @@ def evaluate_captioner(clip, head, vocab: tuple[int, ...], tokenizer, *, n: int,
 
     specs, images, _ = render_training_set(n, EVAL_SEED, clip.image_size, threads, views=1)
     with torch.inference_mode():
-        vectors = encode_images(clip.model, _normalised(images[:, 0])).numpy()
+        vectors = encode_images(clip.model, normalised(images[:, 0])).numpy()
     captions = Captioner(head, tokenizer, "eval").captions(vectors)
     return {"held_out": caption_accuracy(captions, specs), "examples": captions[:5], "n": len(specs)}
 

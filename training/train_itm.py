@@ -18,6 +18,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -60,20 +61,13 @@ def train_itm(args: argparse.Namespace) -> dict:
     import torch
     from safetensors.torch import save_file
 
-    from catalens.encoder import ModelSpec, load_clip
     from catalens.itm import ItmConfig, ItmHead, clip_image_tokens, clip_text_states
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    handler = _log_to(args.out / "train.log")
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    rng = random.Random(args.seed)
-    clip = load_clip(ModelSpec(args.base_model), device="cpu")
-    clip.model.requires_grad_(False)
+    handler, rng, clip = start_head_run(args)
     t0 = time.time()
     specs, images, groups = render_training_set(args.n_images, args.seed + TRAIN_SEED_OFFSET + ITM_SEED_OFFSET,
                                                 clip.image_size, args.threads, views=1)
-    pixels = _normalised(images[:, 0])
+    pixels = normalised(images[:, 0])
     LOG.info("rendered %d specs in %d families in %.0fs", len(specs), len(groups), time.time() - t0)
     one_off = _one_off_index(specs)
     conv = args.image_encoder.startswith("conv")
@@ -147,7 +141,23 @@ def train_itm(args: argparse.Namespace) -> dict:
                          base_model=args.base_model)
 
 
-def _log_to(path: Path) -> logging.Handler:
+def start_head_run(args: argparse.Namespace) -> tuple[logging.Handler, random.Random, Any]:
+    """What a head's recipe starts with: the output folder and its log, seeds, threads, and the
+    frozen CLIP (--base-model) it reads."""
+    import torch
+
+    from catalens.encoder import ModelSpec, load_clip
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    handler = log_to(args.out / "train.log")
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    clip = load_clip(ModelSpec(args.base_model), device="cpu")
+    clip.model.requires_grad_(False)
+    return handler, random.Random(args.seed), clip
+
+
+def log_to(path: Path) -> logging.Handler:
     handler = logging.FileHandler(path, mode="w")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     LOG.addHandler(handler)
@@ -158,7 +168,7 @@ def _log_to(path: Path) -> logging.Handler:
     return handler
 
 
-def _normalised(images: np.ndarray):
+def normalised(images: np.ndarray):
     """uint8 (n, H, W, 3) images -> float (n, 3, H, W), normalised as the CLIP expects."""
     import open_clip
     import torch

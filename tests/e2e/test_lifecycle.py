@@ -22,6 +22,7 @@ from PIL import Image
 from catalens import artifacts
 from tests.support import (
     CATALENS,
+    Background,
     GatedImageServer,
     Server,
     absolute_images,
@@ -105,7 +106,7 @@ def load_index_contents(index_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarr
     return out
 
 
-class QueryLoad:
+class QueryLoad(Background):
     """Client threads sending text queries to a server; records (start, end, status, version)."""
 
     QUERIES = ("red mug", "striped sofa", "blue shoe", "black watch", "green lamp", "dotted bag")
@@ -116,16 +117,6 @@ class QueryLoad:
         self.deadline = time.monotonic() + max_seconds
         self.records: list[list[tuple[float, float, int, str | None]]] = [[] for _ in range(clients)]
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
-
-    def __enter__(self) -> QueryLoad:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(60)
 
     def _run(self, i: int) -> None:
         with httpx.Client(base_url=self.server.url, timeout=30) as client:

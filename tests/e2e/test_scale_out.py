@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.support import (
+    Background,
     SampleIndex,
     Server,
     absolute_images,
@@ -91,7 +92,7 @@ def test_two_replicas_over_one_postgres_answer_alike_and_both_switch(
         stop_server(b)
 
 
-class Load:
+class Load(Background):
     """Clients searching and an admin patching prices for as long as it runs; every answer recorded."""
 
     def __init__(self, server: Server, product_id: str) -> None:
@@ -102,16 +103,6 @@ class Load:
         self.errors: list[str] = []  # timeouts, refused connections: never allowed
         self.threads = [threading.Thread(target=self._search, daemon=True) for _ in range(2)]
         self.threads.append(threading.Thread(target=self._edit, daemon=True))
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(60)
 
     def _search(self) -> None:
         while not self.stop.is_set():
