@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,8 @@ class ImageReader:
         path.parent.mkdir(parents=True, exist_ok=True)
         thumb = image.copy()
         thumb.thumbnail((self.settings.thumbnail_px, self.settings.thumbnail_px))
-        tmp = path.with_name(f".{path.name}.tmp")
+        # Decode threads can read the same image for two products at once: a temp file of their own
+        # each; the name is the content's hash, so either rename leaves the same thumbnail.
+        tmp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
         thumb.save(tmp, format="JPEG", quality=85)
         tmp.replace(path)

@@ -54,12 +54,17 @@ def test_past_its_time_budget_describe_answers_without_a_caption(searcher, sampl
     row = sample_index.rows()[0]
     image = decode_image(_photo(sample_index, row), max_pixels=10**8)
     assert searcher.describe(image).caption  # within the budget, the captioner writes one
+    import time
+
+    busy = [searcher._rerank_pool.submit(time.sleep, 1.0) for _ in range(2)]  # the second stage is saturated
     settings = searcher.settings
-    searcher.settings = settings.model_copy(update={"rerank_budget_ms": 0.001})
+    searcher.settings = settings.model_copy(update={"rerank_budget_ms": 50})
     try:
         described = searcher.describe(image)
     finally:
         searcher.settings = settings
+        for job in busy:
+            job.result()
     assert described.caption is None  # past it, the attributes come without waiting for a caption
     assert described.attributes["category"].value == row["category"]
 
