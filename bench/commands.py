@@ -46,8 +46,12 @@ def _write(args: argparse.Namespace, name: str, result: Any, plot: Callable[[Any
 
 
 def index_text(r: IndexBench, files: dict[str, str]) -> str:
+    side = "".join(f"  runtime {name} ({f['runtime']}): end to end {f['end_to_end_ips']:.1f} img/s, model only "
+                   f"{f['model_only_ips']:.1f} (CLIP alone {f['model_only_clip_ips']:.1f}), "
+                   f"{f['end_to_end_vs_min_ceiling']:.0%} of min(model, decode)\n"
+                   for name, f in (r.by_runtime or {}).items())
     return (f"bench index: {r.model}, {r.images} images ({r.n} products), batch {r.batch_size}, "
-            f"{r.torch_threads} torch threads, {r.decode_workers} decode workers\n"
+            f"{r.torch_threads} torch threads, {r.decode_workers} decode workers, runtime {r.runtime}\n"
             f"  end to end   {r.end_to_end_ips:9.1f} img/s  ({r.end_to_end_vs_model_only:.0%} of model-only)\n"
             f"  image stage  {r.image_stage_ips:9.1f} img/s  ({r.image_stage_vs_model_only:.0%} of model-only)\n"
             f"  model only   {r.model_only_ips:9.1f} img/s  (every model pass of the build; CLIP alone "
@@ -55,8 +59,8 @@ def index_text(r: IndexBench, files: dict[str, str]) -> str:
             f"  decode only  {r.decode_only_ips:9.1f} img/s\n"
             f"  shared-CPU ceiling {r.shared_cpu_bound_ips:.1f} img/s: end to end is {r.end_to_end_vs_shared_ceiling:.0%} "
             f"of it, {r.end_to_end_vs_min_ceiling:.0%} of min(model, decode)\n"
-            f"  phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in r.phases_s.items()) +
-            f"\nwrote {files}")
+            f"  phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in r.phases_s.items()) + "\n" + side +
+            f"wrote {files}")
 
 
 def query_text(r: QueryBench, files: dict[str, str]) -> str:
@@ -116,7 +120,7 @@ def cmd_bench_index(args: argparse.Namespace, settings: Settings) -> int:
 
     result = measure_index(_bench_settings(args, settings), n=args.n, seed=args.seed,
                            decode_workers=args.decode_workers, model_only_mb=args.model_only_mb,
-                           render_workers=args.render_workers, log=_log(args))
+                           render_workers=args.render_workers, runtimes=args.runtimes, log=_log(args))
     data = _write(args, f"index-{model_slug(result.model)}-n{result.n}", result, plot_index)
     emit(args, data, index_text(result, data["files"]))
     return 0
@@ -249,6 +253,9 @@ def register(sub: Subcommands) -> None:
                    help="reader threads (default: $CATALENS_DECODE_WORKERS, else 2)")
     p.add_argument("--model-only-mb", type=float, default=1024,
                    help="memory for the pre-decoded tensors of the model-only run")
+    p.add_argument("--runtimes", type=_runtimes, default=["auto"],
+                   help="CLIP runtimes of the build, side by side on the same decoded images: e.g. torch,onnx "
+                        "(the first one's figures are the top-level keys)")
     _bench_flags(p, model=True)
     p.set_defaults(handler=cmd_bench_index)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +51,8 @@ class IndexBench:
     model_id: str
     n: int
     images: int
+    runtime: str  # where the build's CLIP passes ran (CATALENS_RUNTIME; auto resolved)
+    by_runtime: dict[str, dict[str, Any]] | None  # every runtime of the run, side by side
     end_to_end_ips: float
     model_only_ips: float
     model_only_clip_ips: float
@@ -124,13 +126,12 @@ def _images_per_s(run: Callable[[list[Any]], None], batches: list[list[Any]], im
 
 
 def measure_index(settings: Settings, *, n: int, seed: int = CATALOG_SEED, decode_workers: int | None = None,
-                  model_only_mb: float = 1024, render_workers: int | None = None, log: Log = quiet) -> IndexBench:
-    """Decode-only and model-only ceilings, then a real build of a generated n-product catalog."""
-    import torch
-
+                  model_only_mb: float = 1024, render_workers: int | None = None,
+                  runtimes: Sequence[str] = ("auto",), log: Log = quiet) -> IndexBench:
+    """Decode-only and model-only ceilings, then a real build of a generated n-product catalog; the model-only
+    ceiling and the build once per CLIP runtime (the first one's figures are the top-level keys)."""
     from catalens.reranker import load_reranker
     from indexer.reader import ImageJob, ImageReader
-    from indexer.runner import BuildOptions, build_index
 
     threads = settings.torch_threads()
     workers = decode_workers or settings.decode_workers
@@ -143,11 +144,11 @@ def measure_index(settings: Settings, *, n: int, seed: int = CATALOG_SEED, decod
     encoder = load_encoder(settings)
     root = settings.bench_cache()
     root.mkdir(parents=True, exist_ok=True)
-
-    # The build's embedder: with the reranker whose features it stores (and whose own
-    # preprocess the reader runs too, when the reranker does not read this CLIP's pixels).
-    embedder = timed_embedder(encoder, reranker=load_reranker(settings.reranker, clip=encoder, device=encoder.device)
-                              if settings.rerank_features else None)
+    # The reranker whose features the build stores (whose own preprocess the reader runs too, when
+    # the reranker does not read this CLIP's pixels).
+    reranker = load_reranker(settings.reranker, clip=encoder, device=encoder.device) if settings.rerank_features \
+        else None
+    separate_preprocess = timed_embedder(encoder, reranker=reranker).separate_rerank_preprocess()
 
     # 1. decode-only ceiling: the pipeline's reader stage alone, same worker count, thumbnails written.
     bytes_per_image = 3 * 4 * encoder.image_size ** 2
@@ -155,7 +156,7 @@ def measure_index(settings: Settings, *, n: int, seed: int = CATALOG_SEED, decod
     with tempfile.TemporaryDirectory(dir=root, prefix="decode-") as tmp:
         reader = ImageReader(settings.model_copy(update={"index_dir": Path(tmp)}), images_root=None,
                              preprocess=encoder.preprocess, image_size=encoder.image_size,
-                             is_cached=lambda digest: False, rerank_preprocess=embedder.separate_rerank_preprocess())
+                             is_cached=lambda digest: False, rerank_preprocess=separate_preprocess)
         jobs = [ImageJob(i, str(p)) for i, p in enumerate(paths)]
 
         def read_one(job: ImageJob) -> Any:
@@ -170,66 +171,40 @@ def measure_index(settings: Settings, *, n: int, seed: int = CATALOG_SEED, decod
             decode_s = time.perf_counter() - t0
     decode_ips = len(paths) / decode_s
     log(f"decode-only: {decode_ips:.1f} img/s")
-
-    # 2. model-only ceiling: pre-decoded tensors through the model passes the build makes (the CLIP
-    # image tower, and the reranker's stored features when the build keeps them), same batch size.
     pixels = [p for p in decoded if p is not None]
     del decoded
     batches = [pixels[i:i + settings.batch_size] for i in range(0, len(pixels), settings.batch_size)]
 
-    def clip_only(batch: list[Any]) -> None:
-        encoder.encode_pixels(torch.stack([clip for clip, _ in batch]))
-
-    def as_built(batch: list[Any]) -> None:  # the choices of indexer.embedder._embed_loaded
-        clip = [c for c, _ in batch]
-        if embedder.reranker is None:
-            embedder.embed_pixels(clip)
-        elif embedder.embed_pixels_with_features(clip) is None:  # the reranker does not read this CLIP
-            embedder.embed_pixels(clip)
-            embedder.rerank_features([r if r is not None else c for c, r in batch])
-
-    model_ips, clip_ips = (_images_per_s(run, batches, len(pixels)) for run in (as_built, clip_only))
-    embedder.pixel_s = 0.0
-    del pixels, batches
-    log(f"model-only: {model_ips:.1f} img/s as built ({clip_ips:.1f} CLIP alone) over {min(keep, len(paths))} images")
-
-    # 3. end to end: a real `index build` (read, decode, preprocess, embed, write) into a fresh index.
-    with tempfile.TemporaryDirectory(dir=root, prefix="index-") as tmp:
-        build_settings = settings.model_copy(update={"index_dir": Path(tmp)})
-        t0 = time.perf_counter()
-        summary = build_index(build_settings, BuildOptions(catalog=catalog, progress=False), encoder=encoder,
-                              embedder=embedder)
-        total_s = time.perf_counter() - t0
-    if summary.images_failed or summary.embedded != len(paths):
-        raise BenchError(f"the benchmark build embedded {summary.embedded} of {len(paths)} images "
-                         f"({summary.images_failed} failed)")
-    phases = build_phases(summary, total_s)
-    e2e_ips = summary.embedded / total_s
-    image_stage_ips = summary.embedded / phases.get(IMAGE_STAGE, total_s)
-    shared_ips = 1 / (1 / model_ips + 1 / decode_ips)
+    # 2 and 3, per runtime: the model passes alone over the pre-decoded tensors, then a real build.
+    runs = {runtime: _measure_runtime(settings.model_copy(update={"runtime": runtime}), encoder, reranker,
+                                      batches, catalog=catalog, images=len(paths), decode_ips=decode_ips, log=log)
+            for runtime in runtimes}
+    first = runs[runtimes[0]]
     return IndexBench(
         model=settings.model,
         model_id=encoder.model_id,
         n=n,
         images=len(paths),
-        end_to_end_ips=round(e2e_ips, 2),
-        model_only_ips=round(model_ips, 2),
-        model_only_clip_ips=round(clip_ips, 2),
+        runtime=first.runtime,
+        by_runtime={name: run.figures() for name, run in runs.items()} if len(runs) > 1 else None,
+        end_to_end_ips=round(first.e2e_ips, 2),
+        model_only_ips=round(first.model_ips, 2),
+        model_only_clip_ips=round(first.clip_ips, 2),
         decode_only_ips=round(decode_ips, 2),
-        image_stage_ips=round(image_stage_ips, 2),
-        end_to_end_vs_model_only=round(e2e_ips / model_ips, 3),
-        image_stage_vs_model_only=round(image_stage_ips / model_ips, 3),
-        end_to_end_vs_min_ceiling=round(e2e_ips / min(model_ips, decode_ips), 3),
-        shared_cpu_bound_ips=round(shared_ips, 2),
-        end_to_end_vs_shared_ceiling=round(e2e_ips / shared_ips, 3),
-        bottleneck="model" if model_ips < decode_ips else "decode",
-        build_seconds=round(total_s, 2),
-        phases_s={k: round(v, 3) for k, v in phases.items()},
-        model_s_in_pipeline={"images": round(embedder.pixel_s, 3), "texts": round(embedder.text_s, 3)},
-        texts_embedded=summary.texts_embedded,
+        image_stage_ips=round(first.image_stage_ips, 2),
+        end_to_end_vs_model_only=round(first.e2e_ips / first.model_ips, 3),
+        image_stage_vs_model_only=round(first.image_stage_ips / first.model_ips, 3),
+        end_to_end_vs_min_ceiling=round(first.e2e_ips / min(first.model_ips, decode_ips), 3),
+        shared_cpu_bound_ips=round(first.shared_ips, 2),
+        end_to_end_vs_shared_ceiling=round(first.e2e_ips / first.shared_ips, 3),
+        bottleneck="model" if first.model_ips < decode_ips else "decode",
+        build_seconds=round(first.total_s, 2),
+        phases_s={k: round(v, 3) for k, v in first.phases.items()},
+        model_s_in_pipeline=first.model_s,
+        texts_embedded=first.summary.texts_embedded,
         rerank_features=settings.reranker if settings.rerank_features else None,
-        vectors=summary.vectors,
-        factory=summary.factory,
+        vectors=first.summary.vectors,
+        factory=first.summary.factory,
         batch_size=settings.batch_size,
         torch_threads=threads,
         openmp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "default"),
@@ -239,3 +214,77 @@ def measure_index(settings: Settings, *, n: int, seed: int = CATALOG_SEED, decod
         device=encoder.device,
         catalog=str(catalog),
     )
+
+
+@dataclass
+class RuntimeRun:
+    """The model-only ceiling and the build of one CLIP runtime."""
+
+    runtime: str  # what ran: auto resolves to torch or onnx
+    model_ips: float
+    clip_ips: float
+    e2e_ips: float
+    image_stage_ips: float
+    decode_ips: float
+    shared_ips: float
+    total_s: float
+    phases: dict[str, float]
+    model_s: dict[str, float]
+    summary: Any
+
+    def figures(self) -> dict[str, Any]:
+        return {"runtime": self.runtime, "end_to_end_ips": round(self.e2e_ips, 2),
+                "image_stage_ips": round(self.image_stage_ips, 2), "model_only_ips": round(self.model_ips, 2),
+                "model_only_clip_ips": round(self.clip_ips, 2),
+                "end_to_end_vs_min_ceiling": round(self.e2e_ips / min(self.model_ips, self.decode_ips), 3),
+                "end_to_end_vs_shared_ceiling": round(self.e2e_ips / self.shared_ips, 3),
+                "build_seconds": round(self.total_s, 2), "phases_s": {k: round(v, 3) for k, v in self.phases.items()}}
+
+
+def _measure_runtime(settings: Settings, encoder: Any, reranker: Any, batches: list[list[Any]], *, catalog: Path,
+                     images: int, decode_ips: float, log: Log) -> RuntimeRun:
+    import torch
+
+    from catalens.onnx_encoder import load_index_encoder
+    from indexer.runner import BuildOptions, build_index
+
+    embedder = timed_embedder(encoder, reranker=reranker)
+    embedder.onnx = load_index_encoder(settings, encoder, reranker)
+    runtime = embedder.runtime
+
+    def clip_only(batch: list[Any]) -> None:
+        clip = torch.stack([c for c, _ in batch])
+        encoder.encode_pixels(clip) if embedder.onnx is None else embedder.onnx.encode_pixels(clip.numpy())
+
+    def as_built(batch: list[Any]) -> None:  # the choices of indexer.embedder._embed_loaded
+        clip = [c for c, _ in batch]
+        if embedder.reranker is None:
+            embedder.embed_pixels(clip)
+        elif embedder.embed_pixels_with_features(clip) is None:  # the reranker does not read this CLIP
+            embedder.embed_pixels(clip)
+            embedder.rerank_features([r if r is not None else c for c, r in batch])
+
+    decoded = sum(len(b) for b in batches)
+    model_ips, clip_ips = (_images_per_s(run, batches, decoded) for run in (as_built, clip_only))
+    embedder.pixel_s = 0.0
+    log(f"[{settings.runtime} -> {runtime}] model-only: {model_ips:.1f} img/s as built ({clip_ips:.1f} CLIP alone) "
+        f"over {decoded} images")
+
+    # a real `index build` (read, decode, preprocess, embed, write) into a fresh index, on this embedder
+    with tempfile.TemporaryDirectory(dir=settings.bench_cache(), prefix="index-") as tmp:
+        build_settings = settings.model_copy(update={"index_dir": Path(tmp)})
+        t0 = time.perf_counter()
+        summary = build_index(build_settings, BuildOptions(catalog=catalog, progress=False), encoder=encoder,
+                              embedder=embedder)
+        total_s = time.perf_counter() - t0
+    if summary.images_failed or summary.embedded != images:
+        raise BenchError(f"the benchmark build embedded {summary.embedded} of {images} images "
+                         f"({summary.images_failed} failed)")
+    phases = build_phases(summary, total_s)
+    e2e_ips = summary.embedded / total_s
+    log(f"[{runtime}] end to end: {e2e_ips:.1f} img/s")
+    return RuntimeRun(runtime=runtime, model_ips=model_ips, clip_ips=clip_ips, e2e_ips=e2e_ips,
+                      image_stage_ips=summary.embedded / phases.get(IMAGE_STAGE, total_s), decode_ips=decode_ips,
+                      shared_ips=1 / (1 / model_ips + 1 / decode_ips), total_s=total_s, phases=phases,
+                      model_s={"images": round(embedder.pixel_s, 3), "texts": round(embedder.text_s, 3)},
+                      summary=summary)

@@ -176,17 +176,39 @@ def reads_clip_tokens(head: ItmHead) -> bool:
     return head.encoder is None or head.clip_token is not None
 
 
+def pools_from_tokens(model: Any) -> bool:
+    """True for a ViT whose embedding is its normed class token, projected: the embedding and the
+    reranker's tokens then come from one vision pass (the bundled model)."""
+    visual = model.visual
+    return (getattr(visual, "pool_type", None) == "tok" and getattr(visual, "attn_pool", None) is None
+            and not getattr(visual, "final_ln_after_pool", False) and getattr(visual, "proj", None) is not None)
+
+
 def clip_image_embeddings_and_tokens(model: Any, pixels: torch.Tensor,
                                      token_layer: int = -1) -> tuple[torch.Tensor, torch.Tensor] | None:
     """One vision pass giving both the normalised CLIP embedding and the reranker's tokens.
 
-    Exact for a ViT with class-token pooling and the norm before pooling (the bundled model);
-    None for other towers, which then take two passes.
+    Exact when `pools_from_tokens(model)`; None for other towers, which then take two passes.
     """
-    visual = model.visual
-    if (getattr(visual, "pool_type", None) != "tok" or getattr(visual, "attn_pool", None) is not None
-            or getattr(visual, "final_ln_after_pool", False) or getattr(visual, "proj", None) is None):
+    if not pools_from_tokens(model):
         return None
     tokens, final = _vit_blocks(model, pixels, token_layer)
-    pooled = final[:, 0] @ visual.proj
+    pooled = final[:, 0] @ model.visual.proj
     return torch.nn.functional.normalize(pooled, dim=-1), tokens
+
+
+class ImagePass(nn.Module):
+    """pixels -> (normalised CLIP embeddings, the head's stored features): the indexer's one vision
+    pass, as a module so that it also exports to ONNX."""
+
+    def __init__(self, clip_model: Any, head: ItmHead) -> None:
+        super().__init__()
+        if not (pools_from_tokens(clip_model) and reads_clip_tokens(head)):
+            raise ValueError("this CLIP and head need two passes")
+        self.clip_model, self.head = clip_model, head
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        both = clip_image_embeddings_and_tokens(self.clip_model, pixels, self.head.config.token_layer)
+        assert both is not None  # checked in __init__
+        vectors, tokens = both
+        return vectors, itm_image_features(self.clip_model, self.head, pixels, tokens)

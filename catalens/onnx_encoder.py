@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,11 +29,15 @@ from catalens.config import Settings
 from catalens.encoder import BUNDLED_DIR, WEIGHTS_FILE, ClipEncoder, ModelSpec, load_clip
 from catalens.errors import ModelLoadError
 
+if TYPE_CHECKING:
+    from catalens.reranker import Reranker
+
 LOG = logging.getLogger(__name__)
 TEXT, IMAGE, META = "text.onnx", "image.onnx", "meta.json"
 OPSET = 18  # torch's dynamo exporter writes 18; asking it for 17 fails its down-conversion
 SPEED_RUNS = 20
 SPEED_TEXT = "red leather ankle boots"
+SPEED_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -44,13 +48,22 @@ class OnnxMeta:
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    speed_ms: dict[str, float]  # median ms at export: torch_text, onnx_text, torch_image, onnx_image (batch 1)
+    speed_ms: dict[str, float]  # median ms at export: torch_/onnx_ text, image (batch 1), image_b32
 
     @property
     def onnx_faster(self) -> bool:
         """Whether ONNX Runtime answered a query (text, then image, at batch 1) faster here."""
         s = self.speed_ms
         return s["onnx_text"] + s["onnx_image"] < s["torch_text"] + s["torch_image"]
+
+    @property
+    def onnx_faster_in_batches(self) -> bool:
+        """Whether ONNX Runtime embedded a batch of images faster here (the indexer's case); exports
+        from before this was measured fall back to the query measurement."""
+        s, key = self.speed_ms, f"image_b{SPEED_BATCH}"
+        if f"onnx_{key}" not in s or f"torch_{key}" not in s:
+            return self.onnx_faster
+        return s[f"onnx_{key}"] < s[f"torch_{key}"]
 
 
 def cache_key(spec: ModelSpec) -> str:
@@ -134,23 +147,14 @@ def export(encoder: ClipEncoder, folder: Path) -> OnnxMeta:
     ctx, size = int(encoder.tokenizer.context_length), encoder.image_size
     tokens = torch.zeros(2, min(8, ctx), dtype=torch.long)
     tokens[:, 0], tokens[:, 1:5], tokens[:, 5] = 49406, 320, 49407
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
     try:
-        # The exporter prints its progress on stdout, which belongs to --json output: onto stderr.
-        with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
-            torch.onnx.export(text_tower, (tokens,), str(tmp / TEXT), dynamo=True, external_data=False,
-                              input_names=["tokens"], output_names=["text_embeds"], opset_version=OPSET,
-                              dynamic_shapes={"tokens": {0: batch, 1: torch.export.Dim("seq", min=2, max=ctx)}})
-            torch.onnx.export(image_tower, (torch.randn(2, 3, size, size),), str(tmp / IMAGE), dynamo=True,
-                              external_data=False, input_names=["pixels"], output_names=["image_embeds"],
-                              opset_version=OPSET, dynamic_shapes={"pixels": {0: batch}})
-    except Exception as exc:  # torch's exporter raises many types for an unsupported graph
+        _export(text_tower, tokens, tmp / TEXT, ["tokens"], ["text_embeds"],
+                {"tokens": {0: _batch_dim(), 1: torch.export.Dim("seq", min=2, max=ctx)}}, label=repr(encoder.model_id))
+        _export(image_tower, torch.randn(2, 3, size, size), tmp / IMAGE, ["pixels"], ["image_embeds"],
+                {"pixels": {0: _batch_dim()}}, label=repr(encoder.model_id))
+    except ModelLoadError:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise ModelLoadError(f"cannot export {encoder.model_id!r} to ONNX: {str(exc).splitlines()[0][:300]}") from exc
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
+        raise
     normalize = next(t for t in encoder.preprocess.transforms if type(t).__name__ == "Normalize")
     meta = OnnxMeta(model_id=encoder.model_id, dim=encoder.dim, context_length=ctx, image_size=size,
                     mean=tuple(float(v) for v in normalize.mean), std=tuple(float(v) for v in normalize.std),  # type: ignore[arg-type]
@@ -164,25 +168,68 @@ def export(encoder: ClipEncoder, folder: Path) -> OnnxMeta:
     return meta
 
 
+def _batch_dim() -> Any:
+    import torch
+
+    return torch.export.Dim("batch", min=1, max=4096)
+
+
+def _export(module: Any, example: Any, path: Path, inputs: list[str], outputs: list[str],
+            dynamic: dict[str, Any], *, label: str) -> None:
+    """torch.onnx.export of one module (dynamo, opset OPSET) to path; a typed error when it cannot."""
+    import torch
+
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        # The exporter prints its progress on stdout, which belongs to --json output: onto stderr.
+        with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
+            torch.onnx.export(module, (example,), str(path), dynamo=True, external_data=False, input_names=inputs,
+                              output_names=outputs, opset_version=OPSET, dynamic_shapes=dynamic)
+    except Exception as exc:  # torch's exporter raises many types for an unsupported graph
+        raise ModelLoadError(f"cannot export {label} to ONNX: {str(exc).splitlines()[0][:300]}") from exc
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def image_pass_name(reranker_id: str) -> str:
+    """The indexer's one-pass file (vectors + a reranker's features) of one reranker, in a model's folder."""
+    return f"image-pass-{hashlib.sha256(reranker_id.encode()).hexdigest()[:12]}.onnx"
+
+
+def export_image_pass(module: Any, image_size: int, path: Path, *, label: str) -> None:
+    """Export pixels -> (vectors, reranker features) to path, atomically."""
+    import torch
+
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.onnx")
+    _export(module, torch.randn(2, 3, image_size, image_size), tmp, ["pixels"], ["image_embeds", "features"],
+            {"pixels": {0: _batch_dim()}}, label=label)
+    os.replace(tmp, path)
+
+
 def _speeds(torch_encoder: ClipEncoder, onnx_encoder: OnnxClipEncoder) -> dict[str, float]:
     """Median ms of a one-text and a one-image query on each runtime, on this machine now."""
     from PIL import Image
 
     image = Image.new("RGB", (320, 240), (180, 40, 40))
 
-    def median_ms(fn: Any) -> float:
+    def median_ms(fn: Any, runs: int = SPEED_RUNS) -> float:
         fn()
         times = []
-        for _ in range(SPEED_RUNS):
+        for _ in range(runs):
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1000)
         return round(statistics.median(times), 3)
 
+    batch = [image] * SPEED_BATCH
     return {"torch_text": median_ms(lambda: torch_encoder.encode_texts([SPEED_TEXT])),
             "onnx_text": median_ms(lambda: onnx_encoder.encode_texts([SPEED_TEXT])),
             "torch_image": median_ms(lambda: torch_encoder.encode_images([image])),
-            "onnx_image": median_ms(lambda: onnx_encoder.encode_images([image]))}
+            "onnx_image": median_ms(lambda: onnx_encoder.encode_images([image])),
+            # the indexer's case: a batch; fewer runs, as a ViT-B-32 batch takes seconds
+            f"torch_image_b{SPEED_BATCH}": median_ms(lambda: torch_encoder.encode_images(batch), runs=3),
+            f"onnx_image_b{SPEED_BATCH}": median_ms(lambda: onnx_encoder.encode_images(batch), runs=3)}
 
 
 # --- serving (onnxruntime, numpy, PIL: no torch) ---------------------------------------------
@@ -194,30 +241,48 @@ class OnnxClipEncoder:
     runtime = "onnx"
 
     def __init__(self, folder: Path, meta: OnnxMeta, *, spec: ModelSpec, threads: int = 1, int8: bool = False) -> None:
-        import onnxruntime as ort
-
         from catalens.clip_tokenizer import ClipTokenizer
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, threads)
-        options.inter_op_num_threads = 1
-        # Spinning threads hold a core between requests; on 2 shared cores that halved throughput.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = ["CPUExecutionProvider"]
+        self.threads = max(1, threads)
         text, image = (int8_name(TEXT), int8_name(IMAGE)) if int8 else (TEXT, IMAGE)
-        self.text = ort.InferenceSession(str(folder / text), options, providers=providers)
-        self.image = ort.InferenceSession(str(folder / image), options, providers=providers)
+        self.text, self.image = self._session(folder / text), self._session(folder / image)
+        self.image_pass: Any = None
         self.meta, self.spec = meta, spec
         self.model_id, self.dim, self.image_size = meta.model_id, meta.dim, meta.image_size
         self.tokenizer = ClipTokenizer(meta.context_length)
         self._mean = np.asarray(meta.mean, np.float32)
         self._std = np.asarray(meta.std, np.float32)
 
+    def _session(self, path: Path) -> Any:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        # Spinning threads hold a core between requests; on 2 shared cores that halved throughput.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         return self.text.run(None, {"tokens": self.tokenizer(texts)})[0]
 
     def encode_images(self, images: list[Any]) -> np.ndarray:
-        return self.image.run(None, {"pixels": np.stack([self._pixels(img) for img in images])})[0]
+        return self.encode_pixels(np.stack([self._pixels(img) for img in images]))
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Preprocessed images (N, 3, H, W) float32 -> (N, dim) normalised float32."""
+        return self.image.run(None, {"pixels": pixels})[0]
+
+    def load_image_pass(self, path: Path) -> None:
+        """Also run the indexer's one-pass file (vectors + a reranker's features), exported beside the towers."""
+        self.image_pass = self._session(path)
+
+    def vectors_and_features(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors, the reranker's fp16 features) from the one-pass file."""
+        if self.image_pass is None:
+            raise ValueError("no image pass loaded")
+        vectors, features = self.image_pass.run(None, {"pixels": pixels})
+        return vectors, features.astype(np.float16)
 
     def _pixels(self, img: Any) -> np.ndarray:
         """open_clip's eval transform (shortest side bicubic, centre crop, RGB, normalise) in PIL + numpy."""
@@ -276,30 +341,65 @@ def read_meta(folder: Path) -> OnnxMeta | None:
         return None
 
 
+def _exported(settings: Settings, spec: ModelSpec, torch_encoder: ClipEncoder | None
+              ) -> tuple[Path, OnnxMeta | None, ClipEncoder | None]:
+    """(folder, meta or None if it cannot export, the torch encoder if one was loaded): the towers exported
+    once per model, under a lock, so that replicas starting together export once and the others read it."""
+    folder = onnx_folder(settings.onnx_cache(), spec)
+    meta = read_meta(folder)
+    if meta is None:
+        with _export_lock(folder):
+            meta = read_meta(folder)
+            if meta is None:
+                torch_encoder = torch_encoder or load_clip(spec, device=settings.device)
+                try:
+                    meta = export(torch_encoder, folder)
+                except ModelLoadError as exc:
+                    if settings.runtime == "onnx":
+                        raise
+                    LOG.warning("%s; the CLIP runs on torch", exc.message)
+                    return folder, None, torch_encoder
+    return folder, meta, torch_encoder
+
+
 def load_query_encoder(settings: Settings) -> ClipEncoder | OnnxClipEncoder:
     """The CLIP the query path runs, by CATALENS_RUNTIME: ONNX Runtime over the exported towers (exported
     on first use, which needs torch once), torch, or auto: ONNX if it measured faster here at export."""
     spec = ModelSpec(settings.model, settings.pretrained)
     if settings.runtime == "torch":
         return load_clip(spec, device=settings.device)
-    folder = onnx_folder(settings.onnx_cache(), spec)
-    meta = read_meta(folder)
-    torch_encoder = None
-    if meta is None:
-        with _export_lock(folder):  # replicas starting together export once; the others wait and read it
-            meta = read_meta(folder)
-            if meta is None:
-                torch_encoder = load_clip(spec, device=settings.device)
-                try:
-                    meta = export(torch_encoder, folder)
-                except ModelLoadError as exc:
-                    if settings.runtime == "onnx":
-                        raise
-                    LOG.warning("%s; the query path runs on torch", exc.message)
-                    return torch_encoder
-    if settings.runtime == "auto" and not meta.onnx_faster:
+    folder, meta, torch_encoder = _exported(settings, spec, None)
+    if meta is None or (settings.runtime == "auto" and not meta.onnx_faster):
         return torch_encoder or load_clip(spec, device=settings.device)
     if settings.onnx_int8:
         with _export_lock(folder):
             ensure_int8(folder)
     return OnnxClipEncoder(folder, meta, spec=spec, threads=settings.torch_threads(), int8=settings.onnx_int8)
+
+
+def load_index_encoder(settings: Settings, encoder: ClipEncoder, reranker: Reranker | None) -> OnnxClipEncoder | None:
+    """The indexer's CLIP passes on ONNX Runtime when CATALENS_RUNTIME picks it (auto: if a batch of images
+    ran faster at export), with the reranker's features from the same pass; None means torch.
+
+    fp32 only: int8 changes the vectors an index is built from, which is a different model."""
+    if settings.runtime == "torch" or encoder.device != "cpu":
+        return None
+    folder, meta, _ = _exported(settings, encoder.spec, encoder)
+    if meta is None or (settings.runtime == "auto" and not meta.onnx_faster_in_batches):
+        return None
+    onnx = OnnxClipEncoder(folder, meta, spec=encoder.spec, threads=settings.torch_threads())
+    module = reranker.image_pass(encoder) if reranker is not None else None
+    if module is not None and reranker is not None:
+        path = folder / image_pass_name(reranker.reranker_id)
+        with _export_lock(folder):
+            if not path.is_file():
+                try:
+                    export_image_pass(module, encoder.image_size, path,
+                                      label=f"the image pass of {reranker.reranker_id!r}")
+                except ModelLoadError as exc:
+                    if settings.runtime == "onnx":
+                        raise
+                    LOG.warning("%s; the indexer runs on torch", exc.message)
+                    return None
+        onnx.load_image_pass(path)
+    return onnx

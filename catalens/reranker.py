@@ -36,6 +36,10 @@ class Reranker(Protocol):
     def reads_pixels_of(self, encoder: ClipEncoder) -> bool:
         """True when this reranker reads `encoder`'s own preprocessed pixels (the indexer decodes once)."""
 
+    def image_pass(self, encoder: ClipEncoder) -> Any | None:
+        """A torch module pixels -> (`encoder`'s normalised image vectors, this reranker's features): one
+        vision pass for both, exportable to ONNX; None when the reranker does not read that CLIP's tokens."""
+
     def features_with_vectors(self, encoder: ClipEncoder, pixels: Any) -> tuple[np.ndarray, np.ndarray] | None:
         """`encoder`'s image vectors and this reranker's features from ONE vision pass, or None when
         the reranker does not read that CLIP's tokens (then the indexer runs two passes)."""
@@ -74,20 +78,22 @@ class BundledItmReranker:
     def reads_pixels_of(self, encoder: ClipEncoder) -> bool:
         return encoder is self.clip
 
+    def image_pass(self, encoder: ClipEncoder) -> Any | None:
+        from catalens.itm import ImagePass, pools_from_tokens, reads_clip_tokens
+
+        if encoder is not self.clip or not (reads_clip_tokens(self.head) and pools_from_tokens(encoder.model)):
+            return None
+        return ImagePass(encoder.model, self.head).eval()
+
     def features_with_vectors(self, encoder: ClipEncoder, pixels: Any) -> tuple[np.ndarray, np.ndarray] | None:
         import torch
 
-        from catalens.itm import clip_image_embeddings_and_tokens, reads_clip_tokens
-
-        if encoder is not self.clip or not reads_clip_tokens(self.head):
+        one_pass = self.image_pass(encoder)
+        if one_pass is None:
             return None
-        batch = pixels.to(encoder.device)
         with torch.inference_mode():
-            both = clip_image_embeddings_and_tokens(encoder.model, batch, self.head.config.token_layer)
-        if both is None:
-            return None
-        vectors, tokens = both
-        return vectors.float().cpu().numpy(), self.image_features(batch, tokens)
+            vectors, features = one_pass(pixels.to(encoder.device))
+        return vectors.float().cpu().numpy(), features.to(torch.float16).cpu().numpy()
 
     def score(self, query: str, features: np.ndarray) -> np.ndarray:
         import torch

@@ -38,6 +38,9 @@ class BlipItmReranker:
     def reads_pixels_of(self, encoder: ClipEncoder) -> bool:
         return False
 
+    def image_pass(self, encoder: ClipEncoder) -> Any | None:
+        return None
+
     def features_with_vectors(self, encoder: ClipEncoder, pixels: Any) -> tuple[np.ndarray, np.ndarray] | None:
         return None
 
@@ -102,6 +105,9 @@ class CocaReranker:
 
     def reads_pixels_of(self, encoder: ClipEncoder) -> bool:
         return False
+
+    def image_pass(self, encoder: ClipEncoder) -> Any | None:
+        return None
 
     def features_with_vectors(self, encoder: ClipEncoder, pixels: Any) -> tuple[np.ndarray, np.ndarray] | None:
         return None

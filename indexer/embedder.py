@@ -16,6 +16,7 @@ import numpy as np
 
 from catalens.db import Sessions
 from catalens.encoder import ClipEncoder
+from catalens.onnx_encoder import OnnxClipEncoder
 from catalens.reranker import Reranker
 from catalens.schema import IngestError, ProductImage
 from indexer.embedding_cache import BackgroundWriter, Caches, EmbeddingCache
@@ -40,20 +41,26 @@ class Embedder:
 
     encoder: ClipEncoder
     reranker: Reranker | None = None  # when its image features are stored
+    onnx: OnnxClipEncoder | None = None  # the same CLIP (and one-pass features) on ONNX Runtime (CATALENS_RUNTIME)
     calls: int = 0
     items: int = 0
+
+    @property
+    def runtime(self) -> str:
+        return "torch" if self.onnx is None else "onnx"
 
     def embed_pixels(self, pixels: list[Any]) -> np.ndarray:
         import torch
 
         self.calls += 1
         self.items += len(pixels)
-        return self.encoder.encode_pixels(torch.stack(pixels))
+        batch = torch.stack(pixels)
+        return self.encoder.encode_pixels(batch) if self.onnx is None else self.onnx.encode_pixels(batch.numpy())
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         self.calls += 1
         self.items += len(texts)
-        return self.encoder.encode_texts(texts)
+        return (self.onnx or self.encoder).encode_texts(texts)
 
     def embed_pixels_with_features(self, pixels: list[Any]) -> tuple[np.ndarray, np.ndarray] | None:
         """CLIP vectors and the reranker's features from one vision pass, when it reads this CLIP."""
@@ -61,6 +68,12 @@ class Embedder:
 
         if self.reranker is None:
             return None
+        if self.onnx is not None:
+            if self.onnx.image_pass is None:
+                return None
+            self.calls += 1
+            self.items += len(pixels)
+            return self.onnx.vectors_and_features(torch.stack(pixels).numpy())
         both = self.reranker.features_with_vectors(self.encoder, torch.stack(pixels))
         if both is not None:
             self.calls += 1

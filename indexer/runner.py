@@ -20,6 +20,7 @@ from catalens.db import Sessions, open_database
 from catalens.digests import file_sha256
 from catalens.encoder import ClipEncoder, ModelSpec, load_clip
 from catalens.errors import CaptionUnsupportedError, CatalensError
+from catalens.onnx_encoder import load_index_encoder
 from catalens.reranker import load_reranker
 from indexer import publish
 from indexer.calibrate import fit_calibration
@@ -57,6 +58,7 @@ class BuildSummary:
     described: int = 0  # products given a generated description (--describe)
     vectors: int = 0
     factory: str = ""
+    runtime: str = "torch"  # where the CLIP passes ran (CATALENS_RUNTIME)
     seconds: float = 0.0
     errors_hint: str = ""
     error_lines: list[str] = field(default_factory=list)
@@ -126,6 +128,8 @@ def _build_locked(settings: Settings, options: BuildOptions, sessions: Sessions,
     embedder = embedder or Embedder(encoder)
     if embedder.reranker is None and (settings.rerank_features or options.caption):
         embedder.reranker = load_reranker(settings.reranker, clip=encoder, device=encoder.device)
+    if embedder.onnx is None:
+        embedder.onnx = load_index_encoder(settings, encoder, embedder.reranker)
     if options.caption and not (embedder.reranker and embedder.reranker.can_caption):
         raise CaptionUnsupportedError(
             f"--caption needs a reranker that can write captions (CATALENS_RERANKER=coca:...); "
@@ -134,7 +138,7 @@ def _build_locked(settings: Settings, options: BuildOptions, sessions: Sessions,
     checksum = file_sha256(options.catalog) if options.catalog is not None and options.catalog.is_file() else ""
     catalog = str(options.catalog) if options.catalog is not None else "catalog of record"
     version_id = publish.start(sessions, model_id=encoder.model_id, catalog=catalog, checksum=checksum)
-    summary = BuildSummary(version_id=version_id, catalog=catalog)
+    summary = BuildSummary(version_id=version_id, catalog=catalog, runtime=embedder.runtime)
     try:
         manifest, cache = _run_stages(settings, options, sessions, encoder, embedder, summary, checksum=checksum)
         summary.seconds = round(time.monotonic() - start, 2)

@@ -43,8 +43,13 @@ def _bench(*args: str, dirs: tuple[Path, Path], timeout: float = 240) -> dict:
 
 
 def test_bench_index_default_model(bench_dirs: tuple[Path, Path]) -> None:
-    data = _bench("index", "--n", "16", "--decode-workers", "1", "--render-workers", "1", dirs=bench_dirs)
-    assert data["model"] == "catalens-demo" and data["n"] == 16
+    data = _bench("index", "--n", "16", "--decode-workers", "1", "--render-workers", "1", "--runtimes", "torch,onnx",
+                  dirs=bench_dirs)
+    assert data["model"] == "catalens-demo" and data["n"] == 16 and data["runtime"] == "torch"
+    # side by side: one build per runtime on the same decoded images, each saying where it ran
+    assert {name: f["runtime"] for name, f in data["by_runtime"].items()} == {"torch": "torch", "onnx": "onnx"}
+    assert data["by_runtime"]["torch"]["end_to_end_ips"] == data["end_to_end_ips"]
+    assert all(0 < f["end_to_end_ips"] < 1e6 and 0 < f["model_only_ips"] < 1e6 for f in data["by_runtime"].values())
     assert data["images"] >= 16
     for key in ("end_to_end_ips", "model_only_ips", "decode_only_ips", "image_stage_ips"):
         assert 0 < data[key] < 1e6, key

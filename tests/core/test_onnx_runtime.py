@@ -143,3 +143,47 @@ def test_int8_towers_are_made_on_request_and_stay_close(exported: tuple[Path, An
     for got, want in ((int8.encode_texts(texts), encoder.encode_texts(texts)),
                       (int8.encode_images(images), encoder.encode_images(images))):
         assert (got * want).sum(axis=1).min() >= 0.99  # close, not equal: see the README for its recall
+
+
+@pytest.mark.slow
+def test_an_index_built_on_onnx_runtime_equals_one_built_on_torch(sample_dir: Path, encoder: Any, reranker: Any,
+                                                                   tmp_path: Path) -> None:
+    """`index build` with CATALENS_RUNTIME=onnx: every image and text vector, and the reranker's features from the
+    same pass, as torch gives them; the held-out evaluation equal to the third decimal."""
+    from catalens.config import Settings
+    from indexer.embedder import Embedder
+    from indexer.embedding_cache import EmbeddingCache, feature_cache
+    from indexer.runner import BuildOptions, build_index
+    from retrieval.evaluation import evaluate_queries
+    from tests.support import SampleIndex, searcher_on
+
+    built: dict[str, Settings] = {}
+    for runtime in ("torch", "onnx"):
+        settings = Settings(index_dir=tmp_path / runtime, threads=1, runtime=runtime, onnx_dir=tmp_path / "onnx-cache")
+        summary = build_index(settings, BuildOptions(catalog=sample_dir / "catalog.csv", progress=False),
+                              encoder=encoder, embedder=Embedder(encoder, reranker=reranker))
+        assert summary.runtime == runtime and summary.images_failed == 0
+        built[runtime] = settings
+    assert list((tmp_path / "onnx-cache").glob("*/image-pass-*.onnx")), "the one-pass file was not exported"
+
+    def cache(runtime: str, kind: str) -> EmbeddingCache:
+        folder = built[runtime].index_dir
+        return EmbeddingCache(folder / "embeddings", encoder.model_id) if kind == "vectors" else \
+            feature_cache(built[runtime], reranker)  # type: ignore[return-value]
+
+    for kind in ("vectors", "features"):
+        torch_cache, onnx_cache = cache("torch", kind), cache("onnx", kind)
+        keys = sorted(torch_cache._vectors)
+        assert keys and keys == sorted(onnx_cache._vectors)
+        for key in keys:
+            want, got = torch_cache.get(key).astype(np.float32), onnx_cache.get(key).astype(np.float32)
+            if kind == "vectors":
+                assert float(want.ravel() @ got.ravel()) >= 0.9999, key
+            else:  # fp16 features: a rounding step apart at most
+                np.testing.assert_allclose(got, want, atol=2e-2, rtol=1e-2)
+    metrics = {runtime: evaluate_queries(searcher_on(SampleIndex(sample_dir, settings.index_dir), encoder, reranker),
+                                         sample_dir / "queries.jsonl")
+               for runtime, settings in built.items()}
+    for name, figures in metrics["torch"].items():
+        for metric, value in figures.items():
+            assert round(metrics["onnx"][name][metric], 3) == round(value, 3), (name, metric)
