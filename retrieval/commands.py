@@ -82,7 +82,8 @@ def mix_parts(items: list[str], *, negative_weight: float, max_bytes: int, max_p
 def cmd_search_mix(args: argparse.Namespace, settings: Settings) -> int:
     parts = mix_parts(args.parts, negative_weight=args.negative_weight, max_bytes=settings.max_upload_bytes,
                       max_pixels=settings.max_image_pixels, max_aspect=settings.max_aspect_ratio)
-    _print_results(args, _loaded_searcher(settings, rerank=False).search_mix(parts, args.k, _filters(args)))
+    # The captioner (loaded with the reranker) writes the photo's caption the words edit, with or without --rerank.
+    _print_results(args, _loaded_searcher(settings).search_mix(parts, args.k, _filters(args), rerank=args.rerank))
     return 0
 
 
@@ -185,6 +186,8 @@ def register(sub: Subcommands) -> None:
                                       "without dots")
     p.add_argument("parts", nargs="+", metavar="PART")
     p.add_argument("--negative-weight", type=float, default=0.5, help="weight of each -TEXT part (default 0.5)")
+    p.add_argument("--rerank", action="store_true",
+                   help="the reranker reads the photo's caption, edited by the words, against the top candidates")
     _filter_flags(p)
     add_common_flags(p, model=True)
     p.set_defaults(handler=cmd_search_mix)

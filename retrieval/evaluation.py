@@ -70,7 +70,7 @@ def evaluate_queries(searcher: Any, path: Path, *, k: int = 10, rerank: bool = F
                      progress: bool = False, mode: str | None = None) -> dict[str, dict[str, float]]:
     """Run every labelled query through the searcher; metrics per query set (and `<set>+rerank`).
 
-    Text queries run in `mode` (default: the server's); mixed queries (`parts`) are never reranked.
+    Text queries run in `mode` (default: the server's).
     """
     from tqdm import tqdm
 
@@ -87,12 +87,12 @@ def evaluate_queries(searcher: Any, path: Path, *, k: int = 10, rerank: bool = F
     flagged: dict[str, list[bool]] = {}
     for q in tqdm(load_queries(path), desc="queries", unit="q", disable=not progress):
         image = image_at(q["image"]) if "image" in q else None
-        for reranked in ((False, True) if rerank and "parts" not in q else (False,)):
+        for reranked in ((False, True) if rerank else (False,)):
             if "parts" in q:
                 parts = [MixPart(text=p.get("text"), image=image_at(p["image"]) if "image" in p else None,
                                  product_id=p.get("product_id"), weight=float(p.get("weight", 1.0)))
                          for p in q["parts"]]
-                outcome = searcher.search_mix(parts, k, Filters())
+                outcome = searcher.search_mix(parts, k, Filters(), rerank=reranked)
             elif image is not None:
                 outcome = searcher.search_image(image, k, Filters(), rerank=reranked)
             else:

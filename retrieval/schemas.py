@@ -94,6 +94,8 @@ class MixSearchIn(BaseModel):
                                    "-\"dots\" at weight -0.5: like this photo, but blue and without dots")
     k: int = Field(default=10, ge=1, le=MAX_K, strict=True)
     filters: FiltersIn = Field(default_factory=FiltersIn)
+    rerank: bool = Field(default=False, strict=True, description="the reranker reads the photo's caption, edited "
+                         "by the words, against the top candidates")
 
 
 class TextSearchIn(BaseModel):

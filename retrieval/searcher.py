@@ -34,6 +34,7 @@ from catalens.product_table import PRODUCTS, ProductTable
 from catalens.ranking import fused_score, reciprocal_rank_fusion, relative_score_fusion
 from catalens.records import ProductRecord
 from catalens.reranker import Reranker
+from retrieval import mix
 from retrieval.live import LiveLayer
 
 LOG = logging.getLogger(__name__)
@@ -530,17 +531,7 @@ class Searcher:
         t0 = time.perf_counter()
         for hit in outcome.hits:  # the CLIP cosine (in hybrid, the fused score is not one)
             hit.first_stage_score = hit.similarity if hit.similarity is not None else hit.score
-        budget = self.settings.rerank_budget_ms / 1000
-        future = self._rerank_pool.submit(self._rerank_scores, reranker, view, query, outcome.hits)
-        try:
-            scores = future.result(timeout=budget)
-        except FutureTimeout:
-            future.cancel()
-            LOG.warning("reranking took over its %.0f ms budget; first-stage order returned", budget * 1000)
-            scores = None
-        except Exception:  # a failing second stage must never fail the search
-            LOG.exception("reranker failed; first-stage order returned")
-            scores = None
+        scores = self._judged(reranker, view, query, outcome.hits)
         outcome.timings["rerank"] = time.perf_counter() - t0
         self.observe("rerank", outcome.timings["rerank"])
         if scores is None:
@@ -558,6 +549,19 @@ class Searcher:
         outcome.hits = outcome.hits[:k]
         outcome.reranked = True
         return outcome
+
+    def _judged(self, reranker: Reranker, view: View, query: str, hits: list[Hit]) -> list[float | None] | None:
+        """The reranker's scores of the hits within the time budget; None past it or when it fails."""
+        budget = self.settings.rerank_budget_ms / 1000
+        future = self._rerank_pool.submit(self._rerank_scores, reranker, view, query, hits)
+        try:
+            return future.result(timeout=budget)
+        except FutureTimeout:
+            future.cancel()
+            LOG.warning("reranking took over its %.0f ms budget; first-stage order returned", budget * 1000)
+        except Exception:  # a failing second stage must never fail the search
+            LOG.exception("reranker failed; first-stage order returned")
+        return None
 
     def _rerank_scores(self, reranker: Reranker, view: View, query: str, hits: list[Hit]) -> list[float | None]:
         """One batched reranker pass over the candidates' stored features (the live layer's first)."""
@@ -696,14 +700,16 @@ class Searcher:
         vec /= max(float(np.linalg.norm(vec)), 1e-12)
         return self._search(view, vec, k, filters, encode_s=0.0, exclude=product.pk)
 
-    def search_mix(self, parts: list[MixPart], k: int, filters: Filters) -> SearchOutcome:
+    def search_mix(self, parts: list[MixPart], k: int, filters: Filters, *, rerank: bool = False) -> SearchOutcome:
         """One query from weighted parts (texts, images, products); negative weights push away.
 
-        The candidates are each positive part's nearest products. Each part scores every
+        Words that name a facet value edit the photo (`retrieval/mix.py`). The candidates are each
+        positive part's nearest products (and the rewritten caption's). Each part scores every
         candidate by its cosine, standardised over the candidates (an image part's cosines sit
-        near 0.9, a word's near 0.3: summed raw, the image would decide alone), and the weighted
-        sum ranks them. Products named by a part are left out (a shopper asking for a variation
-        has the original).
+        near 0.9, a word's near 0.3: summed raw, the image would decide alone); the weighted sum,
+        plus the wanted facet values a candidate has, ranks them, and `rerank` has the reranker
+        read the rewritten caption against the top. Products named by a part are left out (a
+        shopper asking for a variation has the original).
         """
         if not parts:
             raise InvalidInputError("a mix needs at least one part (text, image or product_id)")
@@ -715,12 +721,16 @@ class Searcher:
         view = self.view
         t0 = time.perf_counter()
         vectors, named = self._mix_vectors(view, parts)
-        vectors = self._edited(view, parts, vectors)
+        refined = mix.refine(view.snap.prototypes(), parts, vectors, self._mix_caption) \
+            if view.snap.texts is not None else mix.Refinement(vectors, {}, None)
+        vectors, weights = refined.vectors, [p.weight for p in parts]
+        if refined.caption is not None:
+            vectors, weights = [*vectors, self.encode_text(refined.caption)], [*weights, mix.CAPTION_WEIGHT]
         timings = {"encode": time.perf_counter() - t0}
         depth = max(MIX_DEPTH, 4 * k)
         pool: dict[int, tuple[float, int, int, int, int]] = {}
-        for part, vec in zip(parts, vectors):
-            if part.weight > 0:
+        for weight, vec in zip(weights, vectors):
+            if weight > 0:
                 for b in self._vector_best(view, vec, depth + len(named), filters, timings):
                     if b[1] not in named:
                         pool.setdefault(b[1], b)
@@ -730,45 +740,38 @@ class Searcher:
         records = self._finish(view, candidates, len(candidates), None, {}).hits
         sims = np.array([[float((self._vectors_of(view, h.product) @ vec).max()) for h in records] for vec in vectors])
         z = (sims - sims.mean(axis=1, keepdims=True)) / (sims.std(axis=1, keepdims=True) + 1e-6)
-        scores = np.array([p.weight for p in parts]) @ z
-        best = [(float(score), h.product.pk, -1 if h.product.pk not in pool else pool[h.product.pk][2],
-                 pool[h.product.pk][3], pool[h.product.pk][4]) for h, score in zip(records, scores)]
-        outcome = self._finish(view, best, k, None, timings)
+        scores = np.array(weights) @ z + mix.FACET_WEIGHT * mix.agreement([h.product for h in records], refined.wanted)
+        best = [(float(score), h.product.pk, pool[h.product.pk][2], pool[h.product.pk][3], pool[h.product.pk][4])
+                for h, score in zip(records, scores)]
+        reranker = self.reranker if rerank and refined.caption is not None else None
+        outcome = self._finish(view, best, max(k, mix.MIX_RERANK_TOP) if reranker else k, None, timings)
         outcome.mode = "mix"
+        if reranker is not None:
+            assert refined.caption is not None
+            outcome = self._mix_reranked(reranker, view, refined.caption, outcome, k)
         # No match probability: the calibration maps text-to-image cosines, and a mix's score is a
         # sum of standardised ones.
         return outcome
 
-    def _edited(self, view: View, parts: list[MixPart], vectors: list[np.ndarray]) -> list[np.ndarray]:
-        """Image and product parts rewritten when positive text parts name facet values ("like this, but
-        blue"): the photo is described in the catalog's facets (describe's prototypes), the named
-        facets take the named values, and the part becomes the photo plus the sum of those values'
-        prototypes. Moving the photo's vector alone keeps its colour and loses its pattern: a CLIP
-        image space binds the two (measured on the mixed set, README)."""
-        if view.snap.texts is None or not any(p.text is not None and p.weight > 0 for p in parts):
-            return vectors
-        prototypes = view.snap.prototypes()
-        edits = []
-        for part, vec in zip(parts, vectors):
-            if part.text is None or part.weight <= 0 or not prototypes.values:
-                continue
-            column = max(prototypes.vectors, key=lambda c: float((prototypes.vectors[c] @ vec).max()))
-            edits.append((part.weight, prototypes.vectors[column], int((prototypes.vectors[column] @ vec).argmax())))
-        out = []
-        for part, vec in zip(parts, vectors):
-            if part.text is not None:
-                out.append(vec)
-                continue
-            if not edits:
-                out.append(vec)
-                continue
-            # The photo described in the catalog's facets, the named ones changed, summed as prototypes.
-            chosen = {id(t): new for _, t, new in edits}
-            moved = vec
-            for table in prototypes.vectors.values():
-                moved = moved + table[chosen.get(id(table), int((table @ vec).argmax()))]
-            out.append(moved / max(float(np.linalg.norm(moved)), 1e-12))
-        return out
+    def _mix_caption(self, vec: np.ndarray) -> str | None:
+        """The captioner's caption of a photo's vector (no captioning reranker: a product part has no photo)."""
+        return None if self.captioner is None else str(self.captioner.captions(vec[None, :])[0])
+
+    def _mix_reranked(self, reranker: Reranker, view: View, caption: str, outcome: SearchOutcome,
+                      k: int) -> SearchOutcome:
+        """The top of a mix reordered by the reranker's logit on the rewritten caption, added to the mix score."""
+        t0 = time.perf_counter()
+        scores = self._judged(reranker, view, caption, outcome.hits)
+        outcome.timings["rerank"] = time.perf_counter() - t0
+        if scores is not None:
+            for hit, score in zip(outcome.hits, scores):
+                hit.rerank_score = score
+                if score is not None:
+                    hit.score += fused_score(score, 0.0, 0.0)
+            outcome.hits.sort(key=lambda h: (h.rerank_score is None, -h.score))
+            outcome.reranked = True
+        outcome.hits = outcome.hits[:k]
+        return outcome
 
     def _mix_vectors(self, view: View, parts: list[MixPart]) -> tuple[list[np.ndarray], set[int]]:
         """Each part's unit vector (a product's: the mean of its vectors) and the pks of named products."""

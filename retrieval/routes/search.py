@@ -66,7 +66,7 @@ def search_mix(body: MixSearchIn, searcher: SearcherDep, settings: SettingsDep) 
     """One query from weighted parts: text, an image (base64), an existing product; negative weights push away."""
     started = time.perf_counter()
     parts = [to_mix_part(part, settings) for part in body.parts]
-    return to_response(searcher.search_mix(parts, body.k, to_filters(body.filters)), started)
+    return to_response(searcher.search_mix(parts, body.k, to_filters(body.filters), rerank=body.rerank), started)
 
 
 def to_mix_part(part: MixPartIn, settings: Settings) -> MixPart:

@@ -163,6 +163,44 @@ def test_a_photo_refined_with_words_moves_to_the_named_colour(client, sample_ind
     assert body.json()["mode"] == "mix"
 
 
+def test_the_photos_caption_is_rewritten_with_the_named_value() -> None:
+    import numpy as np
+
+    from catalens.facets import FacetPrototypes
+    from retrieval.mix import rewrite
+
+    colours: list[str | None] = ["navy", "red", "white", "navy blue"]
+    facets = FacetPrototypes({"main_colour": colours, "pattern": ["dotted", "solid"]},
+                             {"main_colour": np.eye(4, dtype=np.float32), "pattern": np.eye(2, dtype=np.float32)})
+    # the photo's guessed value is the one replaced, even where another value of the column comes first
+    assert rewrite("white mug with navy dots", facets, {"main_colour": "red"}, {"main_colour": "navy"}) == \
+        "white mug with red dots"
+    # a guess the caption does not contain: the column's one value it does
+    assert rewrite("navy mug", facets, {"main_colour": "red"}, {"main_colour": "white"}) == "red mug"
+    assert rewrite("Navy Blue mug", facets, {"main_colour": "red"}, {"main_colour": "navy blue"}) == "red mug"
+    # nothing to replace, or no way to tell which: no rewritten caption
+    assert rewrite("a mug", facets, {"main_colour": "red"}, {"main_colour": "navy"}) is None
+    assert rewrite("white mug with navy dots", facets, {"main_colour": "red"}, {"main_colour": "red"}) is None
+
+
+def test_a_photo_and_a_colour_keep_the_photos_category_and_pattern(client, sample_index: SampleIndex) -> None:
+    """The sample's `mixed` queries: the first result has the photo's category and pattern in the named colour
+    (before the photo's words were read as an edit of its facets and caption, a solid product of that colour
+    came first in most of them)."""
+    import json
+
+    queries = [json.loads(line) for line in (sample_index.sample_dir / "queries.jsonl").read_text().splitlines()]
+    mixed = [q for q in queries if q["set"] == "mixed"]
+    right = 0
+    for q in mixed:
+        parts = [{"image": base64.b64encode((sample_index.sample_dir / p["image"]).read_bytes()).decode()}
+                 if "image" in p else {"text": p["text"]} for p in q["parts"]]
+        body = client.post("/v1/search/mix", json={"parts": parts, "k": 1})
+        assert body.status_code == 200, body.text
+        right += body.json()["results"][0]["product_id"] in q["relevant"]
+    assert len(mixed) >= 10 and right / len(mixed) >= 0.5, (right, len(mixed))
+
+
 def test_a_product_part_leaves_the_product_out(client, sample_index: SampleIndex) -> None:
     pid = sample_index.rows()[5]["product_id"]
     body = client.post("/v1/search/mix", json={"parts": [{"product_id": pid}, {"text": "striped"}], "k": 10})
