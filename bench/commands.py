@@ -126,6 +126,24 @@ def cmd_bench_index(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_bench_clip_retrieval(args: argparse.Namespace, settings: Settings) -> int:
+    from bench.plots import plot_versus
+    from bench.versus import measure_versus
+
+    result = measure_versus(_bench_settings(args, settings), clip_retrieval=args.clip_retrieval, n=args.n,
+                            seed=args.seed, render_workers=args.render_workers, log=_log(args))
+    data = _write(args, f"clip-retrieval-{model_slug(result.model)}-n{args.n}", result, plot_versus)
+    emit(args, data, f"bench clip-retrieval: {result.model}, {result.images} images, whole processes\n"
+                     f"  catalens index build ({result.catalens_runtime})  {result.catalens_wall_s:7.1f} s  "
+                     f"{result.catalens_ips:6.1f} img/s\n"
+                     f"  clip-retrieval inference       {result.clip_retrieval_wall_s:7.1f} s  "
+                     f"{result.clip_retrieval_ips:6.1f} img/s (its own, after load and warm-up: "
+                     f"{result.clip_retrieval_own_ips})\n"
+                     f"  catalens is {result.speedup:.2f}x; embeddings agree to cosine >= "
+                     f"{result.embeddings_cosine_min}\nwrote {data['files']}")
+    return 0
+
+
 def cmd_bench_query(args: argparse.Namespace, settings: Settings) -> int:
     from bench.plots import plot_query
     from bench.query import measure_query
@@ -243,7 +261,7 @@ def _bench_flags(p: argparse.ArgumentParser, *, model: bool) -> None:
 
 
 def register(sub: Subcommands) -> None:
-    """Add `bench index|query|ann|rerank|update` to the `catalens` command."""
+    """Add `bench index|clip-retrieval|query|ann|rerank|update` to the `catalens` command."""
     bench = sub.add_parser("bench", help="benchmarks: indexing throughput, query latency, ANN recall/QPS, rerank cost")
     kinds = bench.add_subparsers(dest="bench_command", required=True, metavar="KIND")
 
@@ -258,6 +276,14 @@ def register(sub: Subcommands) -> None:
                         "(the first one's figures are the top-level keys)")
     _bench_flags(p, model=True)
     p.set_defaults(handler=cmd_bench_index)
+
+    p = kinds.add_parser("clip-retrieval", help="the same images and weights through `clip-retrieval inference` and "
+                         "`catalens index build`, whole processes side by side")
+    p.add_argument("--clip-retrieval", type=Path, required=True, metavar="COMMAND",
+                   help="the clip-retrieval command of its own virtualenv, e.g. /opt/crvenv/bin/clip-retrieval")
+    p.add_argument("--n", type=int, default=300, help="products in the generated catalog (~1.4 images each)")
+    _bench_flags(p, model=True)
+    p.set_defaults(handler=cmd_bench_clip_retrieval)
 
     p = kinds.add_parser("query", help="QPS and latency percentiles of a real `catalens serve` under load")
     p.add_argument("--n", type=int, default=10_000, help="products in the generated catalog")

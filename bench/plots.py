@@ -10,6 +10,7 @@ from bench.index import IndexBench
 from bench.query import SCENARIOS, QueryBench
 from bench.rerank import RerankBench
 from bench.update import UpdateBench
+from bench.versus import VersusBench
 
 
 def _pyplot():
@@ -142,6 +143,25 @@ def plot_update(result: UpdateBench, path: Path) -> None:
     right.set_ylabel("search latency (ms)")
     right.legend(fontsize=8)
     fig.suptitle(f"Live updates: {result.model}, {result.n} products\n{_machine_line(result.machine)}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_versus(result: VersusBench, path: Path) -> None:
+    """Whole-process images/s of both tools on the same images and weights."""
+    plt = _pyplot()
+    labels = [f"catalens index build\n({result.catalens_runtime})", "clip-retrieval inference"]
+    values = [result.catalens_ips, result.clip_retrieval_ips]
+    fig, ax = plt.subplots(figsize=(7.5, 2.6))
+    bars = ax.barh(labels[::-1], values[::-1], color=["#ff7f0e", "#1f77b4"])
+    for bar, value, wall in zip(bars, values[::-1], [result.clip_retrieval_wall_s, result.catalens_wall_s]):
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {value:,.1f} img/s ({wall:.0f} s)",
+                va="center", fontsize=9)
+    ax.set_xlim(0, max(values) * 1.45)
+    ax.set_xlabel("images / second, whole process")
+    ax.set_title(f"{result.model}, {result.images} images, same weights: catalens {result.speedup:.2f}x\n"
+                 f"{_machine_line(result.machine)}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -22,6 +22,18 @@ from catalens.errors import CaptionUnsupportedError, ModelLoadError
 
 LOG = logging.getLogger(__name__)
 NO_RERANKER = "none"
+PAIR_BATCH = 256
+
+
+def scores_by_query(reranker: Reranker, queries: list[str], features: np.ndarray) -> np.ndarray:
+    """score_pairs for rerankers that read one query at a time: one pass per distinct query."""
+    out = np.zeros(len(queries), np.float32)
+    slots: dict[str, list[int]] = {}
+    for i, query in enumerate(queries):
+        slots.setdefault(query, []).append(i)
+    for query, at in slots.items():
+        out[at] = reranker.score(query, features[at])
+    return out
 
 
 class Reranker(Protocol):
@@ -49,6 +61,9 @@ class Reranker(Protocol):
 
     def score(self, query: str, features: np.ndarray) -> np.ndarray:
         """One query against N candidates' stored features -> (N,) match scores in [0, 1]."""
+
+    def score_pairs(self, queries: list[str], features: np.ndarray) -> np.ndarray:
+        """N (query, features) pairs -> (N,) match scores (the calibration's thousand generated searches)."""
 
     def caption(self, pixels: Any) -> list[str]:
         """Generated captions for a batch of preprocessed images (if `can_caption`)."""
@@ -108,6 +123,20 @@ class BundledItmReranker:
             image = torch.from_numpy(np.asarray(features, dtype=np.float32)).to(self.clip.device)
             logits = self.head(states.expand(n, -1, -1), pad.expand(n, -1), image)
         return torch.sigmoid(logits).float().cpu().numpy()
+
+    def score_pairs(self, queries: list[str], features: np.ndarray) -> np.ndarray:
+        import torch
+
+        from catalens.itm import clip_text_states
+
+        out = []
+        for i in range(0, len(queries), PAIR_BATCH):  # one text-tower pass per batch, not per query
+            with torch.inference_mode():
+                states, pad = clip_text_states(self.clip.model,
+                                               self.clip.tokenizer(queries[i:i + PAIR_BATCH]).to(self.clip.device))
+                image = torch.from_numpy(np.asarray(features[i:i + PAIR_BATCH], dtype=np.float32)).to(self.clip.device)
+                out.append(torch.sigmoid(self.head(states, pad, image)).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
 
     def caption(self, pixels: Any) -> list[str]:
         raise CaptionUnsupportedError(

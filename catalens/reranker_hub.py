@@ -18,6 +18,7 @@ import numpy as np
 
 from catalens.encoder import ClipEncoder, weights_digest
 from catalens.errors import CaptionUnsupportedError, ModelLoadError
+from catalens.reranker import scores_by_query
 
 MAX_CAPTION_TOKENS = 24
 
@@ -68,6 +69,9 @@ class BlipItmReranker:
                 return_dict=True).last_hidden_state
             probs = torch.softmax(self.model.itm_head(hidden[:, 0, :]), dim=-1)[:, 1]
         return probs.float().cpu().numpy()
+
+    def score_pairs(self, queries: list[str], features: np.ndarray) -> np.ndarray:
+        return scores_by_query(self, queries, features)
 
     def caption(self, pixels: Any) -> list[str]:
 
@@ -137,6 +141,9 @@ class CocaReranker:
             token_logp = logp.gather(-1, out["labels"].unsqueeze(-1)).squeeze(-1)
             mean = token_logp.double().mean(dim=-1)
         return torch.exp(mean).float().cpu().numpy()  # can underflow to 0 for a very unlikely query
+
+    def score_pairs(self, queries: list[str], features: np.ndarray) -> np.ndarray:
+        return scores_by_query(self, queries, features)
 
     def caption(self, pixels: Any) -> list[str]:
         """Greedy decoding through the model's own forward (CoCa.generate needs transformers)."""

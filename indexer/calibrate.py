@@ -127,12 +127,11 @@ def fit_calibration(records: Sequence[ProductRecord], encoder: ClipEncoder, rera
         return None
     vectors = [_image_vectors(r, cache) for r in products]
     matrix = np.concatenate(vectors)
-    owner = np.repeat(np.arange(len(products)), [len(v) for v in vectors])
+    starts = np.concatenate([[0], np.cumsum([len(v) for v in vectors])[:-1]])
     query = encoder.encode_texts([t for t, _ in queries])
     samples: list[tuple[str, ProductRecord, float, int]] = []
     for (text, named), q in zip(queries, query):
-        best = np.full(len(products), -2.0, np.float32)
-        np.maximum.at(best, owner, matrix @ q)  # each product's best image
+        best = np.maximum.reduceat(matrix @ q, starts)  # each product's best image (each has one or more)
         for i in np.argsort(-best)[:TOP_HITS]:
             hit = products[int(i)]
             right = all((value_of(hit, c) or "").casefold() == v.casefold() for c, v in named.items())
@@ -163,22 +162,14 @@ def _image_vectors(record: ProductRecord, cache: EmbeddingCache) -> np.ndarray:
 
 def _rerank_scores(reranker: Reranker, texts: list[str], owners: list[ProductRecord],
                    features: EmbeddingCache) -> list[float] | None:
-    """The reranker's score of each text against its product's first image's stored features
-    (one batched pass per distinct text)."""
+    """The reranker's score of each text against its product's first image's stored features."""
     feats = []
     for record in owners:
         feat = next((features.get(f"rr:{img.content_hash}") for img in record.images if img.status == "ok"), None)
         if feat is None:
             return None
         feats.append(np.asarray(feat, np.float32))
-    out = [0.0] * len(texts)
-    slots: dict[str, list[int]] = {}
-    for i, text in enumerate(texts):
-        slots.setdefault(text, []).append(i)
-    for text, at in slots.items():
-        for i, score in zip(at, reranker.score(text, np.stack([feats[i] for i in at]))):
-            out[i] = float(score)
-    return out
+    return [float(s) for s in reranker.score_pairs(texts, np.stack(feats))] if feats else []
 
 
 def _accuracy(p: np.ndarray, y: np.ndarray) -> float:

@@ -61,7 +61,7 @@ function base64Of(file) {
 }
 
 // A photo refined with words: "+blue -dots" -> parts [image, {text: "blue"}, {text: "dots", weight: -0.5}].
-export async function searchMix({ file, words, k, filters }, signal) {
+export async function searchMix({ file, words, k, filters, rerank }, signal) {
   const parts = [{ image: await base64Of(file) }];
   for (const word of words.split(/\s+/).filter(Boolean)) {
     const negative = word.startsWith("-");
@@ -72,7 +72,7 @@ export async function searchMix({ file, words, k, filters }, signal) {
     method: "POST",
     signal,
     headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ parts, k, filters }),
+    body: JSON.stringify({ parts, k, filters, rerank: Boolean(rerank) }),
   });
 }
 

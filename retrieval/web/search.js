@@ -205,7 +205,9 @@ function requestFor(query, k, filters, signal) {
   if (query.kind === "text") {
     return searchText({ text: query.text, k, filters, rerank: rerankOn(), mode: el.mode.value }, signal);
   }
-  if (query.kind === "mix") return searchMix({ file: query.file, words: query.words, k, filters }, signal);
+  if (query.kind === "mix") {
+    return searchMix({ file: query.file, words: query.words, k, filters, rerank: rerankOn() }, signal);
+  }
   if (query.kind === "image") return searchImage({ file: query.file, k, filters, rerank: rerankOn() }, signal);
   return searchSimilar({ productId: query.id, k, filters }, signal);
 }

@@ -245,3 +245,19 @@ def test_a_reranker_still_loading_gives_the_first_stage_order_then_reranks(sampl
     done = searcher.search_text("red mug", 5, Filters(), rerank=True)
     assert done.reranked and searcher.snapshot.rerank is not None
     assert all(h.rerank_score is not None for h in done.hits)
+
+
+def test_scoring_pairs_in_batches_equals_scoring_each_query(sample_index: SampleIndex, reranker) -> None:
+    """The calibration scores a thousand (query, image) pairs in batched text passes: the same scores
+    as one query at a time, whatever the other queries' lengths in the batch."""
+    from catalens import artifacts
+
+    version = artifacts.active_version_path(sample_index.index_dir)
+    features = artifacts.load_rerank_features(version, artifacts.read_manifest(version))
+    assert features is not None
+    feats = np.asarray(features.features[:6], np.float32)
+    queries = ["red mug", "a navy t-shirt with thin white stripes and a pocket", "vase", "red mug",
+               "striped blue sofa", "teal"]
+    batched = reranker.score_pairs(queries, feats)
+    one_by_one = np.array([reranker.score(q, feats[i:i + 1])[0] for i, q in enumerate(queries)])
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
