@@ -29,8 +29,11 @@ from catalens.config import Settings, set_threads
 from catalens.errors import BenchError, CatalensError
 
 SCENARIOS = ("text", "text_uncached", "text_filtered", "image", "similar", "text_rerank",
-             "single_text_uncached", "single_image")
-SINGLE = {"single_text_uncached": "text_uncached", "single_image": "image"}  # one client: the request path alone
+             "single_text_uncached", "single_image", "single_healthz")
+# one client: the request path alone; single_healthz is the HTTP floor (the same client, server and
+# middleware on a route that does nothing)
+SINGLE = {"single_text_uncached": "text_uncached", "single_image": "image", "single_healthz": None}
+SEARCH_STAGES = ("encode", "keyword", "ann", "rerank")  # the server's stages that are search (metadata is not)
 DRIVER = ("httpx.AsyncClient in the bench process (closed loop), server = `catalens serve` subprocess; "
           "both share the machine's cores")
 
@@ -50,6 +53,8 @@ class QueryBench:
     text_rerank: ScenarioStats | None
     single_text_uncached: ScenarioStats | None  # text_uncached with one client
     single_image: ScenarioStats | None  # image with one client
+    single_healthz: ScenarioStats | None  # GET /healthz with one client: what HTTP costs this client and server
+    service: dict[str, Any] | None  # what the service adds to search, from the single-client scenarios
     text_rerank_note: str | None
     runtime: str  # the query-time CLIP runtime of the scenarios above (CATALENS_RUNTIME)
     by_runtime: dict[str, dict[str, ScenarioStats | None]] | None  # every runtime of the run, side by side
@@ -351,6 +356,37 @@ async def _run_scenario(url: str, scenario: Scenario, *, concurrency: int, durat
     }
 
 
+def service_figures(results: dict[str, ScenarioStats | None], *, cores: int) -> dict[str, Any]:
+    """What the service adds to search (#18's targets), from one run's scenarios.
+
+    Per single-client scenario: its search stages (encode + keyword + ann [+ rerank], the server's own
+    means), p50 over them, and p50 less the HTTP floor (single_healthz) over them. Under 4 clients:
+    text_uncached QPS against the in-process bound cores x 1000 / (encode + ann) of single_text_uncached.
+    """
+    floor = (results.get("single_healthz") or {}).get("p50_ms")
+    out: dict[str, Any] = {"http_floor_p50_ms": floor}
+    for name in ("single_text_uncached", "single_image"):
+        stats = results.get(name)
+        if not stats or not stats.get("p50_ms"):
+            continue
+        stages = stats["server_stage_mean_ms"]
+        search = sum(stages.get(stage, 0.0) for stage in SEARCH_STAGES)
+        if search <= 0:
+            continue
+        out[name] = {"search_stages_ms": round(search, 3), "p50_ms": stats["p50_ms"],
+                     "p50_over_search": round(stats["p50_ms"] / search, 2),
+                     "p50_less_http_floor_over_search": round((stats["p50_ms"] - floor) / search, 2)
+                     if floor is not None else None}
+    single, loaded = results.get("single_text_uncached"), results.get("text_uncached")
+    if single and loaded:
+        stages = single["server_stage_mean_ms"]
+        bound = cores * 1000 / max(1e-6, stages.get("encode", 0.0) + stages.get("ann", 0.0))
+        out["text_uncached_qps"] = loaded["qps"]
+        out["in_process_bound_qps"] = round(bound, 1)
+        out["text_uncached_vs_bound"] = round(loaded["qps"] / bound, 3)
+    return out
+
+
 # --- the benchmark ---------------------------------------------------------------------------
 
 
@@ -403,6 +439,9 @@ def measure_query(settings: Settings, *, n: int, seed: int = CATALOG_SEED, concu
         return await client.post("/v1/search/image", files={"file": ("query.jpg", data, "image/jpeg")},
                                  data={"k": str(k)})
 
+    async def healthz_request(client):
+        return await client.get("/healthz")
+
     async def similar_request(client):
         return await client.get(f"/v1/products/{product_ids[rng.randrange(len(product_ids))]}/similar",
                                 params={"k": k})
@@ -440,7 +479,8 @@ def measure_query(settings: Settings, *, n: int, seed: int = CATALOG_SEED, concu
             if rerank_available:
                 scenarios.append(Scenario("text_rerank", rerank_request, {}))
             scenarios += [Scenario("single_text_uncached", text_unique_request, {"clients": 1}),
-                          Scenario("single_image", image_request, {"clients": 1})]
+                          Scenario("single_image", image_request, {"clients": 1}),
+                          Scenario("single_healthz", healthz_request, {"clients": 1})]
             for scenario in scenarios:
                 if (scenario.name in ("image", "single_image") and not image_bytes) or \
                         (scenario.name == "text_filtered" and not categories):
@@ -480,6 +520,8 @@ def measure_query(settings: Settings, *, n: int, seed: int = CATALOG_SEED, concu
         text_rerank=results["text_rerank"],
         single_text_uncached=results["single_text_uncached"],
         single_image=results["single_image"],
+        single_healthz=results["single_healthz"],
+        service=service_figures(results, cores=os.cpu_count() or 1),
         text_rerank_note=None if rerank_available else
         f"absent: the server answers rerank=true with HTTP {probe_status} (CATALENS_RERANKER=none?)",
         runtime=runtimes[0],

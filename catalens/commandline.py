@@ -63,6 +63,6 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint file")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     p.add_argument("--runtime", choices=["auto", "torch", "onnx"], default=None,
-                   help="query-time CLIP runtime (default $CATALENS_RUNTIME, else auto: the faster one here)")
+                   help="CLIP runtime of queries and indexing (default $CATALENS_RUNTIME, else auto: the faster one here)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch/FAISS threads (default: cores)")

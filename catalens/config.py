@@ -41,8 +41,9 @@ class Settings(BaseSettings):
     pretrained: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     runtime: Literal["auto", "torch", "onnx"] = Field(
-        default="auto", description="query-time CLIP runtime: onnx (ONNX Runtime, no torch import), torch, or auto "
-        "(whichever the export's measurement found faster on this machine)")
+        default="auto", description="CLIP runtime of queries and of the indexer's image and text passes: onnx "
+        "(ONNX Runtime; a query imports no torch), torch, or auto (whichever the export's measurement found faster "
+        "on this machine: a one-text and a one-image query for serving, a batch of 32 images for indexing)")
     onnx_int8: bool = Field(default=False, description="serve the ONNX towers with int8 weights (dynamic "
                             "quantization; see the README for what it costs in recall)")
     onnx_dir: Path | None = Field(default=None, description="exported ONNX towers, per model "

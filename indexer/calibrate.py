@@ -21,12 +21,15 @@ import numpy as np
 from catalens.calibration import Calibration, fit_platt, logit
 from catalens.encoder import ClipEncoder
 from catalens.facets import FacetPrototypes, describable_columns, value_of
+from catalens.onnx_encoder import OnnxClipEncoder
 from catalens.records import ProductRecord
 from catalens.reranker import Reranker
 from indexer.embedding_cache import EmbeddingCache
 
 LOG = logging.getLogger(__name__)
-MAX_PRODUCTS = 600  # products drawn for pairs: enough for two or three coefficients
+# Products drawn for pairs: ~1,000 labelled hits, plenty for two or three coefficients, and a fixed
+# cost per build (its text encodes took 15 s of a ViT-B-32 build at 600).
+MAX_PRODUCTS = 300
 MIN_QUERIES = 40
 TOP_HITS = 3  # hits per generated search that are labelled
 
@@ -103,7 +106,7 @@ def visible_columns(products: Sequence[ProductRecord], columns: dict[str, list[s
     return out
 
 
-def fit_calibration(records: Sequence[ProductRecord], encoder: ClipEncoder, reranker: Reranker | None,
+def fit_calibration(records: Sequence[ProductRecord], encoder: ClipEncoder | OnnxClipEncoder, reranker: Reranker | None,
                     cache: EmbeddingCache, features: EmbeddingCache | None, *, seed: int = 0) -> Calibration | None:
     """The version's Platt maps, or None when the catalog gives too few queries (logged)."""
     rng = random.Random(seed)

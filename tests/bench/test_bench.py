@@ -84,6 +84,17 @@ def test_bench_query_real_server(bench_dirs: tuple[Path, Path]) -> None:
         assert stats["qps"] > 0
         assert 0 < stats["p50_ms"] <= stats["p95_ms"] <= stats["p99_ms"] < 60_000
     assert data["text"]["server_stage_mean_ms"]["ann"] > 0
+    # What the service adds to search: the HTTP floor of the same client and server, and each
+    # single-client scenario's p50 over its own search stages, with and without that floor.
+    assert data["single_healthz"]["errors"] == 0 and 0 < data["single_healthz"]["p50_ms"] < data["single_image"]["p50_ms"]
+    service = data["service"]
+    assert service["http_floor_p50_ms"] == data["single_healthz"]["p50_ms"]
+    for name in ("single_text_uncached", "single_image"):
+        figures = service[name]
+        assert figures["p50_over_search"] >= figures["p50_less_http_floor_over_search"], (name, figures)
+        assert figures["search_stages_ms"] >= data[name]["server_stage_mean_ms"]["encode"], name
+    ratio = data["text_uncached"]["qps"] / service["in_process_bound_qps"]
+    assert service["text_uncached_vs_bound"] > 0 and abs(service["text_uncached_vs_bound"] - ratio) < 0.01
     mix = data["text"]["query_mix"]
     assert mix["pool_distinct"] == 200 and 0 <= mix["repeat_share"] <= 1
     # The bundled reranker is on by default: the rerank scenario must have run, without errors.
