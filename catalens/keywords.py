@@ -150,6 +150,7 @@ class KeywordIndex:
         self._memory: sqlite3.Connection | None = None
         self._memory_lock = threading.Lock()
         self._name_terms: set[str] | None = None
+        self._common_terms: frozenset[str] | None = None
         if path is None:  # a version written before keyword indexes: built in memory at load
             self._memory = sqlite3.connect(":memory:", check_same_thread=False)
             _fill(self._memory, records)
@@ -182,6 +183,17 @@ class KeywordIndex:
         rows = self._query(f"SELECT rowid, bm25(docs, {weights}) AS s FROM docs WHERE docs MATCH ? "
                            "ORDER BY s LIMIT ?", (match_expression(phrases), int(limit)))
         return [(int(row), -float(score)) for row, score in rows]
+
+    def informative(self, phrases: Sequence[Phrase]) -> list[Phrase]:
+        """The phrases without single words in over half the rows ("in", "with"): BM25 gives such a word
+        no weight (FTS5 floors its IDF at 1e-6), yet FTS5 scores every row it matches (all 10,000 for
+        "in": 7.8 of an 8.1 ms query). All of them when every phrase is that common."""
+        if self._common_terms is None:  # once per version
+            self._query("CREATE VIRTUAL TABLE IF NOT EXISTS temp.vocab USING fts5vocab(main, docs, 'row')", ())
+            self._common_terms = frozenset(
+                t for (t,) in self._query("SELECT term FROM temp.vocab WHERE doc * 2 > ?", (self.rows,)))
+        kept = [p for p in phrases if not (len(p) == 1 and p[0] in self._common_terms)]
+        return kept or list(phrases)
 
     def can_name(self, phrase: Phrase) -> bool:
         """Whether the phrase could name a product: a code (it has a digit) or words of a brand or SKU."""

@@ -474,6 +474,7 @@ class Searcher:
         t0 = time.perf_counter()
         snap, live = view.snap, view.live
         assert snap.keywords is not None
+        phrases = snap.keywords.informative(phrases)
         mask = snap.products.mask(filters) if filters.active else None
         hidden = live.hidden_rows
         # A filter drops rows after the search: ask for as many as should leave `want` passing,

@@ -143,6 +143,22 @@ def test_the_calibration_is_stored_with_the_version(sample_index: SampleIndex) -
     assert calibration.probability(0.9) > calibration.probability(0.1)
 
 
+def test_words_in_most_products_are_not_searched_and_change_no_ranking(tmp_path: Path) -> None:
+    """"in" is in every title: BM25 gives it no weight, yet FTS5 would score every row for it."""
+    titles = ["red mug in stone", "blue mug in stone", "red vase in glass", "teal lamp in metal", "grey lamp in metal",
+              "green bowl in glass"]
+    records = [ProductRecord(pk=i, product_id=f"p{i}", title=t) for i, t in enumerate(titles, start=1)]
+    keywords.write_keyword_index(tmp_path / "k.sqlite", records)
+    index = keywords.KeywordIndex(tmp_path / "k.sqlite")
+    phrases = keywords.parse_query("red mug in stone")
+    assert index.informative(phrases) == [("red",), ("mug",), ("stone",)]
+    assert index.informative(keywords.parse_query("in")) == [("in",)]  # nothing else left: kept
+    full = index.search(phrases, 3)
+    lean = index.search(index.informative(phrases), 3)
+    assert [r for r, _ in lean] == [r for r, _ in full]
+    assert all(abs(a - b) < 1e-4 for (_, a), (_, b) in zip(lean, full))
+
+
 # --- mixed queries ------------------------------------------------------------------------------
 
 
