@@ -254,7 +254,10 @@ def _measure_runtime(settings: Settings, encoder: Any, reranker: Any, batches: l
 
     def clip_only(batch: list[Any]) -> None:
         clip = torch.stack([c for c, _ in batch])
-        encoder.encode_pixels(clip) if embedder.onnx is None else embedder.onnx.encode_pixels(clip.numpy())
+        if embedder.onnx is None:
+            encoder.encode_pixels(clip)
+        else:
+            embedder.onnx.encode_pixels(clip.numpy())
 
     def as_built(batch: list[Any]) -> None:  # the choices of indexer.embedder._embed_loaded
         clip = [c for c, _ in batch]

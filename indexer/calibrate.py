@@ -27,8 +27,8 @@ from catalens.reranker import Reranker
 from indexer.embedding_cache import EmbeddingCache
 
 LOG = logging.getLogger(__name__)
-# Products drawn for pairs: ~1,000 labelled hits, plenty for two or three coefficients, and a fixed
-# cost per build (its text encodes took 15 s of a ViT-B-32 build at 600).
+# Products drawn for pairs: ~1,000 labelled hits, plenty for two or three coefficients; the fit is a
+# fixed cost per build, 3-4 s of the write stage with ViT-B-32 (its generated queries' text encodes).
 MAX_PRODUCTS = 300
 MIN_QUERIES = 40
 TOP_HITS = 3  # hits per generated search that are labelled

@@ -722,8 +722,11 @@ class Searcher:
         view = self.view
         t0 = time.perf_counter()
         vectors, named = self._mix_vectors(view, parts)
-        refined = mix.refine(view.snap.prototypes(), parts, vectors, self._mix_caption) \
-            if view.snap.texts is not None else mix.Refinement(vectors, {}, None)
+        # Only words beside a photo or product are an edit (the prototypes are built at the first one).
+        edits = view.snap.texts is not None and any(p.text is not None and p.weight > 0 for p in parts) \
+            and any(p.text is None and p.weight > 0 for p in parts)
+        refined = mix.refine(view.snap.prototypes(), parts, vectors, self._mix_caption) if edits \
+            else mix.Refinement(vectors, {}, None)
         vectors, weights = refined.vectors, [p.weight for p in parts]
         if refined.caption is not None:
             vectors, weights = [*vectors, self.encode_text(refined.caption)], [*weights, mix.CAPTION_WEIGHT]

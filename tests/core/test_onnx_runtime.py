@@ -73,7 +73,8 @@ def test_onnx_vectors_equal_torch_on_50_texts_and_50_images(exported: tuple[Path
                       (np.concatenate([onnx.encode_texts([t]) for t in texts[:10]]), encoder.encode_texts(texts[:10]))):
         cosine = (got * want).sum(axis=1)
         assert cosine.min() >= 0.9999, cosine.min()
-    assert set(meta.speed_ms) == {"torch_text", "onnx_text", "torch_image", "onnx_image"}
+    assert set(meta.speed_ms) == {"torch_text", "onnx_text", "torch_image", "onnx_image", "torch_image_b32",
+                                  "onnx_image_b32"}
 
 
 @pytest.mark.slow
@@ -122,6 +123,31 @@ def test_auto_follows_the_speed_measured_at_export(exported: tuple[Path, Any], t
     assert isinstance(load_query_encoder(Settings(runtime="torch", onnx_dir=tmp_path / "x", device="cpu")),
                       ClipEncoder)
     assert not (tmp_path / "x").exists()  # torch never exports
+
+
+
+@pytest.mark.slow
+def test_the_indexer_follows_the_batch_speed_measured_at_export(exported: tuple[Path, Any], tmp_path: Path,
+                                                               encoder: Any) -> None:
+    """auto: the indexer runs on ONNX Runtime only where a batch of images was faster there, whatever the
+    one-query figures say (a query and a build are different workloads)."""
+    import shutil
+    from dataclasses import asdict
+
+    from catalens.config import Settings
+    from catalens.encoder import ModelSpec
+    from catalens.onnx_encoder import META, OnnxClipEncoder, cache_key, load_index_encoder
+
+    folder, meta = exported
+    query_fast = {"torch_text": 2.0, "onnx_text": 1.0, "torch_image": 2.0, "onnx_image": 1.0}
+    for batch_fast, expected in ((True, OnnxClipEncoder), (False, type(None))):
+        root = tmp_path / f"cache-{batch_fast}"
+        target = root / cache_key(ModelSpec("catalens-demo"))
+        shutil.copytree(folder, target)
+        batches = {"torch_image_b32": 20.0, "onnx_image_b32": 10.0 if batch_fast else 30.0}
+        (target / META).write_text(json.dumps({**asdict(meta), "speed_ms": {**query_fast, **batches}}))
+        assert isinstance(load_index_encoder(Settings(runtime="auto", onnx_dir=root), encoder, None), expected)
+    assert load_index_encoder(Settings(runtime="torch", onnx_dir=tmp_path / "y"), encoder, None) is None
 
 
 @pytest.mark.slow
