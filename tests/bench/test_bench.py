@@ -164,3 +164,13 @@ def test_bench_update_tiny(bench_dirs: tuple[Path, Path]) -> None:
         assert data[kind]["samples"] == 2 and 0 < data[kind]["p50_ms"] <= data[kind]["p99_ms"] < 60_000, kind
     assert set(data["search_live"]) == {"0", "8"}
     assert all(0 < s["p50_ms"] <= s["p99_ms"] for s in data["search_live"].values())
+
+
+def test_bench_clip_retrieval_without_clip_retrieval_is_one_line(bench_dirs: tuple[Path, Path]) -> None:
+    """clip-retrieval is not a dependency: a missing command is a one-line error naming it, before any work."""
+    out, work = bench_dirs
+    result = run_cli("bench", "clip-retrieval", "--clip-retrieval", str(work / "no-such-clip-retrieval"), "--n", "4",
+                     "--out", str(out), "--work-dir", str(work), timeout=60)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no clip-retrieval at" in lines[0] and "Traceback" not in result.stderr, result.stderr
