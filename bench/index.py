@@ -131,6 +131,7 @@ def measure_index(settings: Settings, *, n: int, seed: int = CATALOG_SEED, decod
     """Decode-only and model-only ceilings, then a real build of a generated n-product catalog; the model-only
     ceiling and the build once per CLIP runtime (the first one's figures are the top-level keys)."""
     from catalens.reranker import load_reranker
+    from indexer.embedder import Embedder
     from indexer.reader import ImageJob, ImageReader
 
     threads = settings.torch_threads()
@@ -148,7 +149,7 @@ def measure_index(settings: Settings, *, n: int, seed: int = CATALOG_SEED, decod
     # the reranker does not read this CLIP's pixels).
     reranker = load_reranker(settings.reranker, clip=encoder, device=encoder.device) if settings.rerank_features \
         else None
-    separate_preprocess = timed_embedder(encoder, reranker=reranker).separate_rerank_preprocess()
+    separate_preprocess = Embedder(encoder, reranker=reranker).separate_rerank_preprocess()
 
     # 1. decode-only ceiling: the pipeline's reader stage alone, same worker count, thumbnails written.
     bytes_per_image = 3 * 4 * encoder.image_size ** 2

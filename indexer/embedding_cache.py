@@ -79,6 +79,9 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return len(self._vectors)
 
+    def keys(self) -> list[str]:
+        return list(self._vectors)
+
     def __contains__(self, key: str) -> bool:
         return key in self._vectors
 

@@ -22,7 +22,7 @@ from cachetools import LRUCache
 from sqlalchemy.orm import Session, sessionmaker
 
 from catalens import artifacts, changes, keywords, milvus_store
-from catalens.calibration import CALIBRATION, Calibration, load_calibration
+from catalens.calibration import CALIBRATION, Calibration, load_calibration, logit
 from catalens.changes import LiveVectors
 from catalens.config import Settings
 from catalens.encoder import QueryEncoder
@@ -771,7 +771,7 @@ class Searcher:
             for hit, score in zip(outcome.hits, scores):
                 hit.rerank_score = score
                 if score is not None:
-                    hit.score += fused_score(score, 0.0, 0.0)
+                    hit.score += logit(score)
             outcome.hits.sort(key=lambda h: (h.rerank_score is None, -h.score))
             outcome.reranked = True
         outcome.hits = outcome.hits[:k]

@@ -199,8 +199,8 @@ def test_an_index_built_on_onnx_runtime_equals_one_built_on_torch(sample_dir: Pa
 
     for kind in ("vectors", "features"):
         torch_cache, onnx_cache = cache("torch", kind), cache("onnx", kind)
-        keys = sorted(torch_cache._vectors)
-        assert keys and keys == sorted(onnx_cache._vectors)
+        keys = sorted(torch_cache.keys())
+        assert keys and keys == sorted(onnx_cache.keys())
         for key in keys:
             want, got = torch_cache.get(key).astype(np.float32), onnx_cache.get(key).astype(np.float32)
             if kind == "vectors":
