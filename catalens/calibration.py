@@ -3,7 +3,8 @@
 Cosines and reranker scores mean different things for different queries and catalogs, so
 nobody can cut a result list on them. Each version carries a Platt scaling (a logistic map)
 fitted at index time on pairs generated from its own catalog (see indexer/calibrate.py):
-one over the first-stage cosine, one over the reranker's logit and the cosine.
+one over the first-stage cosine, one over the reranker's logit and the cosine; both also read
+how many of the visible facet values the query names (the version's lexicon) a hit lacks.
 """
 
 from __future__ import annotations
@@ -36,17 +37,21 @@ class Platt:
 class Calibration:
     """A version's match-probability maps and what they were fitted on."""
 
-    first_stage: Platt  # features: [cosine]
-    reranked: Platt | None  # features: [logit(reranker score), cosine]
+    first_stage: Platt  # features: [cosine, mismatch]
+    reranked: Platt | None  # features: [logit(reranker score), cosine, mismatch]
     pairs: int
     positives: int
     fit: dict[str, float]  # held-out accuracy of each map on the generated pairs
+    # The facet columns whose mismatch is a feature (those a picture shows); versions written
+    # before it have none, and maps over the scores alone.
+    columns: tuple[str, ...] = ()
 
-    def probability(self, cosine: float, rerank_score: float | None = None) -> float:
-        """P(match) of one hit: from the reranker's score and the cosine when it was reranked."""
+    def probability(self, cosine: float, rerank_score: float | None = None, mismatch: float = 0.0) -> float:
+        """P(match) of one hit: from the cosine, the reranker's score when it was reranked, and how many
+        facet values the query names (in `columns`) the hit lacks."""
         if rerank_score is not None and self.reranked is not None:
-            return float(self.reranked(np.array([logit(rerank_score), cosine]))[()])
-        return float(self.first_stage(np.array([cosine]))[()])
+            return float(self.reranked(_features(self.reranked, logit(rerank_score), cosine, mismatch))[()])
+        return float(self.first_stage(_features(self.first_stage, cosine, mismatch))[()])
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -57,7 +62,13 @@ class Calibration:
         first = Platt(tuple(data["first_stage"]["coef"]), data["first_stage"]["intercept"])
         rr = data.get("reranked")
         reranked = Platt(tuple(rr["coef"]), rr["intercept"]) if rr else None
-        return cls(first, reranked, int(data["pairs"]), int(data["positives"]), dict(data.get("fit") or {}))
+        return cls(first, reranked, int(data["pairs"]), int(data["positives"]), dict(data.get("fit") or {}),
+                   tuple(data.get("columns") or ()))
+
+
+def _features(platt: Platt, *values: float) -> np.ndarray:
+    """The leading features a map was fitted on (an older version's map has no mismatch)."""
+    return np.array(values[:len(platt.coef)])
 
 
 def logit(p: float) -> float:

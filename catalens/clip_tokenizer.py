@@ -41,6 +41,20 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, [chr(c) for c in cs]))
 
 
+@functools.lru_cache
+def common_words(first: int = 3000, last: int = 20000) -> tuple[str, ...]:
+    """Whole English words from CLIP's BPE merges ranked first..last (frequent, past the function
+    words): things a shopper could ask for, to draw queries about what a catalog does not hold."""
+    with gzip.open(vocab_path()) as fh:
+        lines = fh.read().decode("utf-8").split("\n")[1 + first:1 + last]
+    out = []
+    for line in lines:
+        merged = "".join(line.split())
+        if merged.endswith("</w>") and merged[:-4].isascii() and merged[:-4].isalpha() and len(merged) >= 8:
+            out.append(merged[:-4])
+    return tuple(out)
+
+
 def _clean(text: str) -> str:
     import ftfy
 

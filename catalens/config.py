@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     rrf_k: float = Field(default=60.0, gt=0, description="the RRF constant: score = sum of weight / (k + rank)")
     vector_weight: float = Field(default=1.0, ge=0, le=100, description="weight of the vector ranking in hybrid")
     keyword_weight: float = Field(default=0.05, ge=0, le=100, description="weight of the keyword ranking in hybrid")
+    facet_weights: dict[str, Annotated[float, Field(ge=0, le=100)]] = Field(
+        default={"category": 3.0, "pattern": 0.5},
+        description="text search orders hits by how far they are from the facet values a query names "
+                    "(the version's lexicon), then by score: each column's weight (others 1, a secondary colour 0.5)")
     full_match_weight: float = Field(default=1.0, ge=0, le=100, description="hybrid: a product containing every "
                                      "query word gets this many first-place votes")
     fusion_depth: int = Field(default=50, ge=1, le=1000, description="candidates each ranking gives to fusion")

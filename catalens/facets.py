@@ -90,3 +90,21 @@ class FacetPrototypes:
             best = int(p.argmax())
             out[column] = Guess(names[best], round(float(p[best]), 4))
         return out
+
+
+def vote(records: Sequence[ProductRecord], similarities: np.ndarray, columns: Iterable[str]) -> dict[str, Guess]:
+    """Each column's value among a photo's nearest products, weighted by their similarity (softmax at
+    SOFTMAX_SCALE), with its share of the vote: the catalog's own labels read off its closest pictures."""
+    if not len(records):
+        return {}
+    w = np.exp(SOFTMAX_SCALE * (similarities - similarities.max()))
+    w /= w.sum()
+    out = {}
+    for column in columns:
+        tally: dict[str | None, float] = {}
+        for record, weight in zip(records, w):
+            value = value_of(record, column)
+            tally[value] = tally.get(value, 0.0) + float(weight)
+        value = max(tally, key=lambda v: tally[v])
+        out[column] = Guess(value, round(tally[value], 4))
+    return out

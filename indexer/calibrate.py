@@ -4,9 +4,11 @@ A query is a product's own title (without its brand and model codes: those are k
 matches), or that title after one attribute value it names (a colour, a pattern, its
 category...) was swapped for another value of that catalog column, which may describe no
 product at all. Each query is searched over the catalog's vectors, and each of its top hits
-is labelled by whether it has every attribute value the query names. So the map is fitted
-on what a search returns, right and one attribute wrong: exactly when a shopper must be
-told "no good match".
+is labelled by whether it has every attribute value the query names (as its words, or as the
+version's lexicon reads them: "couch" names a sofa). So the map is fitted on what a search
+returns, right and one attribute wrong: exactly when a shopper must be told "no good match".
+Some queries are two common English words the catalog never uses ("harbor violin"): whatever
+they find is wrong, as for "laptop charger" in a furniture shop.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from catalens.calibration import Calibration, fit_platt, logit
+from catalens.clip_tokenizer import common_words
 from catalens.encoder import ClipEncoder
 from catalens.facets import FacetPrototypes, describable_columns, value_of
+from catalens.lexicon import Lexicon, words
 from catalens.onnx_encoder import OnnxClipEncoder
 from catalens.records import ProductRecord
 from catalens.reranker import Reranker
@@ -32,6 +36,7 @@ LOG = logging.getLogger(__name__)
 MAX_PRODUCTS = 300
 MIN_QUERIES = 40
 TOP_HITS = 3  # hits per generated search that are labelled
+OFF_CATALOG_SHARE = 0.15  # of the generated queries, made of words the catalog never uses
 
 
 def looks(record: ProductRecord) -> str:
@@ -107,7 +112,8 @@ def visible_columns(products: Sequence[ProductRecord], columns: dict[str, list[s
 
 
 def fit_calibration(records: Sequence[ProductRecord], encoder: ClipEncoder | OnnxClipEncoder, reranker: Reranker | None,
-                    cache: EmbeddingCache, features: EmbeddingCache | None, *, seed: int = 0) -> Calibration | None:
+                    cache: EmbeddingCache, features: EmbeddingCache | None, lexicon: Lexicon, *,
+                    seed: int = 0) -> Calibration | None:
     """The version's Platt maps, or None when the catalog gives too few queries (logged)."""
     rng = random.Random(seed)
     products = [r for r in records if len(_image_vectors(r, cache))]
@@ -124,6 +130,7 @@ def fit_calibration(records: Sequence[ProductRecord], encoder: ClipEncoder | Onn
         swap = swapped(text, record, columns, rng)
         if swap is not None:
             queries.append((swap[0], {**named, swap[1]: swap[2]}))
+    queries += [(text, {}) for text in off_catalog(records, int(OFF_CATALOG_SHARE * len(queries)), rng)]
     if len(queries) < MIN_QUERIES:
         LOG.warning("calibration skipped: only %d queries from this catalog (titles naming attribute values "
                     "are needed); results will carry no match probability", len(queries))
@@ -132,29 +139,43 @@ def fit_calibration(records: Sequence[ProductRecord], encoder: ClipEncoder | Onn
     matrix = np.concatenate(vectors)
     starts = np.concatenate([[0], np.cumsum([len(v) for v in vectors])[:-1]])
     query = encoder.encode_texts([t for t, _ in queries])
-    samples: list[tuple[str, ProductRecord, float, int]] = []
+    visible = frozenset(columns)
+    samples: list[tuple[str, ProductRecord, float, float, int]] = []
     for (text, named), q in zip(queries, query):
         best = np.maximum.reduceat(matrix @ q, starts)  # each product's best image (each has one or more)
+        read = lexicon.named(text)
         for i in np.argsort(-best)[:TOP_HITS]:
             hit = products[int(i)]
-            right = all((value_of(hit, c) or "").casefold() == v.casefold() for c, v in named.items())
-            samples.append((text, hit, float(best[i]), int(right)))
-    cosine = np.array([c for _, _, c, _ in samples])
-    y = np.array([label for *_, label in samples])
+            mismatch = sum(lexicon.mismatch(hit, read, visible).values())
+            has_all = all((value_of(hit, c) or "").casefold() == v.casefold() for c, v in named.items())
+            right = bool(named) and mismatch == 0 and has_all  # an off-catalog query names nothing
+            samples.append((text, hit, float(best[i]), mismatch, int(right)))
+    cosine = np.array([s[2] for s in samples])
+    mismatches = np.array([s[3] for s in samples])
+    y = np.array([s[4] for s in samples])
     if y.min() == y.max():
         LOG.warning("calibration skipped: every generated search was %s", "right" if y[0] else "wrong")
         return None
     fit: dict[str, float] = {}
-    first = fit_platt(cosine[:, None], y)
-    fit["first_stage_accuracy"] = _accuracy(first(cosine[:, None]), y)
+    x_first = np.stack([cosine, mismatches], axis=1)
+    first = fit_platt(x_first, y)
+    fit["first_stage_accuracy"] = _accuracy(first(x_first), y)
     reranked = None
     if reranker is not None and features is not None:
-        scores = _rerank_scores(reranker, [t for t, *_ in samples], [h for _, h, *_ in samples], features)
+        scores = _rerank_scores(reranker, [s[0] for s in samples], [s[1] for s in samples], features)
         if scores is not None:
-            x = np.stack([np.array([logit(s) for s in scores]), cosine], axis=1)
+            x = np.stack([np.array([logit(s) for s in scores]), cosine, mismatches], axis=1)
             reranked = fit_platt(x, y)
             fit["reranked_accuracy"] = _accuracy(reranked(x), y)
-    return Calibration(first, reranked, pairs=len(y), positives=int(y.sum()), fit=fit)
+    return Calibration(first, reranked, pairs=len(y), positives=int(y.sum()), fit=fit, columns=tuple(sorted(visible)))
+
+
+def off_catalog(records: Sequence[ProductRecord], n: int, rng: random.Random) -> list[str]:
+    """n queries of two common English words that no title, description or attribute uses."""
+    known = {w for r in records for w in words(" ".join([r.title, r.description or "", r.category or "",
+                                                          *map(str, r.attributes.values())]))}
+    pool = [w for w in common_words() if w not in known]
+    return [" ".join(rng.sample(pool, 2)) for _ in range(n)] if len(pool) >= 2 else []
 
 
 def _image_vectors(record: ProductRecord, cache: EmbeddingCache) -> np.ndarray:

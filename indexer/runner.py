@@ -211,8 +211,8 @@ def _run_stages(settings: Settings, options: BuildOptions, sessions: Sessions, e
                                  version_id=version_id, features=features, images_root=base_root,
                                  catalog=base_catalog, checksum=base_checksum, factory=options.factory,
                                  watermark=watermark,
-                                 calibrate=lambda records: fit_calibration(records, embedder.onnx or encoder,
-                                                                           embedder.reranker, cache, features))
+                                 calibrate=lambda records, lexicon: fit_calibration(
+                                     records, embedder.onnx or encoder, embedder.reranker, cache, features, lexicon))
         summary.vectors, summary.factory = manifest.count, manifest.factory
         if summary.skipped or summary.images_failed:
             summary.errors_hint = f"catalens index errors --index-dir {settings.index_dir} --version {version_id}"

@@ -15,6 +15,7 @@ from catalens.db import Sessions
 from catalens.encoder import ModelSpec
 from catalens.errors import PublishRefusedError
 from catalens.keywords import KEYWORDS, write_keyword_index
+from catalens.lexicon import LEXICON, Lexicon, save_lexicon
 from catalens.product_table import PRODUCTS, write_products
 from catalens.records import ProductRecord
 from indexer.embedding_cache import EmbeddingCache
@@ -57,23 +58,26 @@ def text_vectors(records: list[ProductRecord], cache: EmbeddingCache, dim: int) 
 def write_version(settings: Settings, sessions: Sessions, cache: EmbeddingCache, spec: ModelSpec, dim: int,
                   model_id: str, *, version_id: str, catalog: str, checksum: str, factory: str | None,
                   images_root: str = "", watermark: int = 0, features: EmbeddingCache | None = None,
-                  calibrate: Callable[[list[ProductRecord]], Calibration | None] | None = None) -> artifacts.Manifest:
+                  calibrate: Callable[[list[ProductRecord], Lexicon], Calibration | None] | None = None
+                  ) -> artifacts.Manifest:
     """A whole snapshot of the catalog of record into staging/, validated (see write_snapshot);
-    `calibrate` fits its match probabilities on its records."""
+    `calibrate` fits its match probabilities on its records and lexicon."""
     with sessions() as session:
         records = read_records(session)
+    lexicon = Lexicon.mine(records)
     return write_snapshot(records, artifacts.staging_dir(settings.index_dir, version_id), cache, spec, dim, model_id,
                           version_id=version_id, catalog=catalog, checksum=checksum, factory=factory,
                           images_root=images_root, watermark=watermark, features=features,
-                          calibration=calibrate(records) if calibrate else None)
+                          calibration=calibrate(records, lexicon) if calibrate else None, lexicon=lexicon)
 
 
 def write_snapshot(records: list[ProductRecord], staging: Path, cache: EmbeddingCache, spec: ModelSpec, dim: int,
                    model_id: str, *, version_id: str, catalog: str, checksum: str, factory: str | None,
                    images_root: str = "", watermark: int = 0, features: EmbeddingCache | None = None,
-                   calibration: Calibration | None = None) -> artifacts.Manifest:
+                   calibration: Calibration | None = None, lexicon: Lexicon | None = None) -> artifacts.Manifest:
     """These products as a version in `staging`, validated: both FAISS indexes, the products file, the
-    keyword index, the match-probability calibration, the reranker features; `watermark` is the last live change it holds. Vectors come from the caches."""
+    keyword index, the facet lexicon (mined from the records unless given), the match-probability
+    calibration, the reranker features; `watermark` is the last live change it holds. Vectors come from the caches."""
     img_ids, img_vecs, owned = collect_vectors(records, cache, dim)
     text_ids, text_vecs = text_vectors(records, cache, dim)
     factory = factory or artifacts.default_factory(len(img_ids))
@@ -89,7 +93,8 @@ def write_snapshot(records: list[ProductRecord], staging: Path, cache: Embedding
     staging.mkdir(parents=True, exist_ok=True)
     write_products(staging / PRODUCTS, records, owned)
     write_keyword_index(staging / KEYWORDS, records)
-    written: tuple[str, ...] = (PRODUCTS, KEYWORDS)
+    save_lexicon(staging / LEXICON, lexicon or Lexicon.mine(records))
+    written: tuple[str, ...] = (PRODUCTS, KEYWORDS, LEXICON)
     if calibration is not None:
         save_calibration(staging / CALIBRATION, calibration)
         written += (CALIBRATION,)

@@ -1,23 +1,25 @@
 """Mixed queries ("like this photo, but blue"): what the words change about the photo.
 
 A positive text part that names a facet value (a colour, a pattern, a material: whatever the
-catalog's describable columns hold) is read as an edit of the photo. The photo's other facets
-are guessed zero-shot (describe's prototypes), and, with a captioner, its caption is rewritten
-with the named value. The searcher then ranks candidates by the parts, the rewritten caption
-and how many of the wanted facet values each candidate has, and the reranker, when asked for,
-reads the rewritten caption against the top of that list.
+catalog's describable columns hold; read by the version's lexicon, or zero-shot against
+describe's prototypes without one) is read as an edit of the photo. The photo's other facets
+are read off its nearest catalog products (or guessed zero-shot), and, with a captioner, its
+caption is rewritten with the named value. The searcher then ranks candidates by how far they
+are from the named values, then by the parts, the rewritten caption and how many of the wanted
+facet values each has; the reranker, when asked for, reads the rewritten caption against the top.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
-from catalens.facets import FacetPrototypes, value_of
+from catalens.facets import FacetPrototypes, Guess, value_of
+from catalens.lexicon import Lexicon
 from catalens.records import ProductRecord
 
 CAPTION_WEIGHT = 1.0  # the rewritten caption, as a part, like a given one (tuning catalog, seed 7: 1-3 within noise)
@@ -42,20 +44,21 @@ class Refinement:
     vectors: list[np.ndarray]
     wanted: dict[str, tuple[str | None, float]]
     caption: str | None
+    facets: dict[str, list[str]] | None = None  # what the words name, as the lexicon reads them (by domain)
 
 
 def refine(prototypes: FacetPrototypes, parts: Sequence[Part], vectors: list[np.ndarray],
-           caption: Callable[[np.ndarray], str | None]) -> Refinement:
-    """Read the positive text parts as edits of the photo (or product) parts; unchanged when none names a facet."""
-    named: dict[str, int] = {}
-    for part, vec in zip(parts, vectors):
-        if part.text is not None and part.weight > 0 and prototypes.values:
-            column = max(prototypes.vectors, key=lambda c: float((prototypes.vectors[c] @ vec).max()))
-            named[column] = int((prototypes.vectors[column] @ vec).argmax())
+           caption: Callable[[np.ndarray], str | None], lexicon: Lexicon | None = None,
+           neighbours: Callable[[np.ndarray], dict[str, Guess]] | None = None) -> Refinement:
+    """Read the positive text parts as edits of the photo (or product) parts; unchanged when none names a facet.
+    `neighbours` reads a photo's facets off its nearest products (zero-shot against the prototypes without)."""
+    texts = [part.text for part in parts if part.text is not None and part.weight > 0]
+    facets = _lexicon_facets(lexicon, texts) if lexicon is not None else {}
+    named = _indices(prototypes, lexicon, facets) if facets else _zero_shot(prototypes, parts, vectors)
     looks = [vec for part, vec in zip(parts, vectors) if part.text is None and part.weight > 0]
     if not named or not looks:
         return Refinement(vectors, {}, None)
-    guesses = prototypes.guess(looks[0])
+    guesses = neighbours(looks[0]) if neighbours is not None else prototypes.guess(looks[0])
     wanted: dict[str, tuple[str | None, float]] = {c: (prototypes.values[c][i], 1.0) for c, i in named.items()}
     for column, guess in guesses.items():
         wanted.setdefault(column, (guess.value, guess.p))
@@ -63,7 +66,36 @@ def refine(prototypes: FacetPrototypes, parts: Sequence[Part], vectors: list[np.
     text = caption(looks[0])
     written = rewrite(text, prototypes, {c: v for c, (v, _) in wanted.items() if c in named},
                       {c: g.value for c, g in guesses.items()}) if text else None
-    return Refinement(moved, wanted, written)
+    return Refinement(moved, wanted, written, facets or None)
+
+
+def _lexicon_facets(lexicon: Lexicon, texts: Sequence[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for text in texts:
+        for domain, values in lexicon.named(text).items():
+            out.setdefault(domain, []).extend(v for v in values if v not in out.get(domain, []))
+    return out
+
+
+def _indices(prototypes: FacetPrototypes, lexicon: Lexicon | None, facets: dict[str, list[str]]) -> dict[str, int]:
+    """Column -> the named value's index among the prototypes' values (a domain's values go to its columns in order)."""
+    assert lexicon is not None
+    out = {}
+    for domain, values in facets.items():
+        for column, value in zip(lexicon.domains[domain], values):
+            if value in prototypes.values.get(column, []):
+                out[column] = prototypes.values[column].index(value)
+    return out
+
+
+def _zero_shot(prototypes: FacetPrototypes, parts: Sequence[Part], vectors: list[np.ndarray]) -> dict[str, int]:
+    """Column -> value index of each positive text part, by its closest prototype (a version without a lexicon)."""
+    named: dict[str, int] = {}
+    for part, vec in zip(parts, vectors):
+        if part.text is not None and part.weight > 0 and prototypes.values:
+            column = max(prototypes.vectors, key=lambda c: float((prototypes.vectors[c] @ vec).max()))
+            named[column] = int((prototypes.vectors[column] @ vec).argmax())
+    return named
 
 
 def _moved(prototypes: FacetPrototypes, vec: np.ndarray, named: dict[str, int]) -> np.ndarray:
@@ -99,3 +131,13 @@ def agreement(records: Sequence[ProductRecord], wanted: dict[str, tuple[str | No
     """Per record: the summed confidence of the wanted facet values it has."""
     return np.array([sum(p for column, (value, p) in wanted.items() if value_of(record, column) == value)
                      for record in records], np.float64)
+
+
+def mismatch(record: ProductRecord, refined: Refinement, lexicon: Lexicon, visible: Collection[str]) -> dict[str, float]:
+    """Per column, how far a candidate is from the refined query: the values the words name (as in a
+    text search), and each visible facet guessed off the photo that it lacks, by the guess's confidence."""
+    out = lexicon.mismatch(record, refined.facets or {})
+    for column, (value, p) in refined.wanted.items():
+        if column not in out and column in visible:
+            out[column] = 0.0 if value_of(record, column) == value else p
+    return out

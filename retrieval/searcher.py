@@ -27,9 +27,10 @@ from catalens.changes import LiveVectors
 from catalens.config import Settings
 from catalens.encoder import QueryEncoder
 from catalens.errors import CatalensError, IndexArtifactError, IndexNotReadyError, InvalidInputError, NotFoundError
-from catalens.facets import FacetPrototypes, Guess
+from catalens.facets import FacetPrototypes, Guess, vote
 from catalens.filters import Filters
 from catalens.keywords import KEYWORDS, KeywordIndex, Phrase
+from catalens.lexicon import LEXICON, Lexicon, load_lexicon
 from catalens.product_table import PRODUCTS, ProductTable
 from catalens.ranking import fused_score, reciprocal_rank_fusion, relative_score_fusion
 from catalens.records import ProductRecord
@@ -47,6 +48,7 @@ FILTERED_MIN_FETCH = 32
 ALLOWED_CACHE_SIZE = 64  # filters whose allowed vectors a snapshot keeps (1 B per vector each)
 FACETS_FIELDS = ("category", "brand", "availability")
 MIX_DEPTH = 100  # candidates each positive part of a mixed query brings
+NEIGHBOURS = 10  # nearest products whose facet values describe a mix's photo
 # Under reranking, containing every query word adds this many logits (times full_match_weight).
 FULL_MATCH_LOGIT = 2.0
 
@@ -66,6 +68,7 @@ class Hit:
     full_match: bool = False  # its text contains every word of the query
     keyword_score: float | None = None  # its BM25 score, when the keyword ranking found it
     match_probability: float | None = None  # calibrated P(match), when the version has a calibration
+    mismatch: dict[str, float] = field(default_factory=dict)  # per column: how far from the value the query names
 
     @property
     def caption(self) -> str | None:
@@ -77,12 +80,15 @@ class Hit:
 @dataclass(frozen=True)
 class TextCandidates:
     """A text query's candidates, (score, pk, row or -1, image position, vector id), best first after
-    sorting; the pks the query names, those containing every query word, and the vector ranking's cosines."""
+    sorting (in order already when `ordered`); the pks the query names, those containing every query
+    word, the vector ranking's cosines, and each candidate's facet mismatch."""
 
     best: list[tuple[float, int, int, int, int]]
     named: set[int]
     full: set[int]
     cosines: dict[int, float]
+    mismatch: dict[int, dict[str, float]] = field(default_factory=dict)
+    ordered: bool = False
 
 
 @dataclass(frozen=True)
@@ -126,6 +132,7 @@ class Snapshot:
     keywords: KeywordIndex | None = None
     calibration: Calibration | None = None
     texts: artifacts.FaissIndex | None = None  # product text vectors (facet prototypes for describe)
+    lexicon: Lexicon | None = None  # phrases naming facet values, mined from the catalog
     facets_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     _prototypes: list[FacetPrototypes] = field(default_factory=list, repr=False, compare=False)
 
@@ -221,7 +228,8 @@ def load_snapshot(settings: Settings, encoder: QueryEncoder, reranker_id: str | 
     # A version from before keyword indexes gets one built in memory (seconds at 100,000 products).
     kw = KeywordIndex(path / KEYWORDS) if KEYWORDS in manifest.files else KeywordIndex(None, products.all_records())
     calibration = load_calibration(path / CALIBRATION) if CALIBRATION in manifest.files else None
-    snap = Snapshot(manifest, images, products, rerank, kw, calibration, texts)
+    lexicon = load_lexicon(path / LEXICON) if LEXICON in manifest.files else None
+    snap = Snapshot(manifest, images, products, rerank, kw, calibration, texts, lexicon)
     _ = snap.vector_table, snap.row_offsets  # built here, off the request path
     return snap, state.since_seq
 
@@ -398,9 +406,10 @@ class Searcher:
         timings = {"encode": time.perf_counter() - t0}
         found = self._text_best(view, query, None if mode == "keyword" else vec, phrases, want, filters, mode,
                                  timings)
-        outcome = self._finish(view, found.best, want, None, timings)
+        outcome = self._finish(view, found.best, want, None, timings, ordered=found.ordered)
         outcome.mode = mode
         for hit in outcome.hits:
+            hit.mismatch = found.mismatch.get(hit.product.pk, {})
             hit.similarity = found.cosines.get(hit.product.pk)
             if hit.similarity is None:  # found by keywords only: its best vector against the query
                 vectors = self._vectors_of(view, hit.product)
@@ -425,8 +434,15 @@ class Searcher:
         vote as strong as a ranking's first place: fusion alone ranks such a hit (first by
         keywords, anywhere by looks) with the vector ranking's first. Words that only describe a
         look get no vote: there the vector ranking knows better which product has them.
+
+        When the query names facet values (the version's lexicon reads "stripy navy tee" as a
+        striped navy t-shirt), hybrid and vector order the candidates by how far each is from
+        them, then by score: a patterned navy t-shirt before a solid navy mug, whatever CLIP says.
         """
-        depth = max(want, self.settings.fusion_depth) if mode == "hybrid" else want
+        lexicon = view.snap.lexicon
+        facets = lexicon.named(query) if lexicon is not None else {}
+        reorder = bool(facets) and mode != "keyword"
+        depth = max(want, self.settings.fusion_depth) if mode == "hybrid" or reorder else want
         vector = self._vector_best(view, vec, depth, filters, timings) if vec is not None else []
         vector = sorted(vector, key=lambda b: -b[0])[:depth]
         kw = self._keyword_best(view, phrases, depth, filters, timings) if phrases else []
@@ -451,7 +467,24 @@ class Searcher:
             pinned = {b[1]: (top + b[0], *b[1:]) for b in best if b[1] in named}
             pinned |= {b[1]: (top + 1.0, *b[1:]) for b in exact}  # the SKU itself before its brand's others
             best = [b for b in best if b[1] not in named] + list(pinned.values())
-        return TextCandidates(best, named, full, {b[1]: b[0] for b in vector})
+        cosines = {b[1]: b[0] for b in vector}
+        if not facets:
+            return TextCandidates(best, named, full, cosines)
+        assert lexicon is not None
+        mismatch = self._mismatch(view, lexicon, facets, best)
+        if reorder:
+            facet_weights = self.settings.facet_weights
+            best.sort(key=lambda b: (b[1] not in named, lexicon.distance(mismatch[b[1]], facet_weights), -b[0]))
+        return TextCandidates(best, named, full, cosines, mismatch, ordered=reorder)
+
+    @staticmethod
+    def _mismatch(view: View, lexicon: Lexicon, facets: dict[str, list[str]],
+                  best: list[tuple[float, int, int, int, int]]) -> dict[int, dict[str, float]]:
+        """Per candidate pk: how far it is, column by column, from the facet values the query names."""
+        rows = [b[2] for b in best if b[2] >= 0]
+        records = dict(zip(rows, view.snap.products.records(rows)))
+        return {pk: lexicon.mismatch(records[row] if row >= 0 else view.live.records[pk], facets)
+                for _, pk, row, _, _ in best}
 
     def _keyword_flags(self, view: View, phrases: list[Phrase],
                        candidates: list[tuple[float, int, int, int, int]]) -> tuple[set[int], set[int]]:
@@ -520,8 +553,11 @@ class Searcher:
         if calibration is None:
             return
         for hit in outcome.hits:
-            hit.match_probability = 1.0 if hit.exact_match else calibration.probability(
-                hit.similarity if hit.similarity is not None else hit.score, hit.rerank_score)
+            mismatch = sum(v for column, v in hit.mismatch.items() if column in calibration.columns)
+            # Named by the query (its SKU, its model), or containing every word with one naming it
+            # ("Kestrel table"): the catalog's own text says it is what was asked for.
+            hit.match_probability = 1.0 if hit.exact_match or hit.full_match else calibration.probability(
+                hit.similarity if hit.similarity is not None else hit.score, hit.rerank_score, mismatch)
         threshold = self.settings.match_threshold
         outcome.no_good_match = not any((h.match_probability or 0.0) >= threshold for h in outcome.hits)
         if min_score is not None:
@@ -546,7 +582,12 @@ class Searcher:
                 if hit.full_match:  # the keyword evidence the reranker cannot read (brands, names)
                     hit.score += self.settings.full_match_weight * FULL_MATCH_LOGIT
         # Products with no image features (text-only) keep their place after the judged ones.
-        outcome.hits.sort(key=lambda h: (not h.exact_match, h.rerank_score is None, -h.score))
+        # The facet order holds over the reranker's too: it reads looks, the lexicon reads the catalog.
+        lexicon = view.snap.lexicon if outcome.mode != "keyword" else None
+        weights = self.settings.facet_weights
+        outcome.hits.sort(key=lambda h: (not h.exact_match,
+                                         lexicon.distance(h.mismatch, weights) if lexicon is not None else 0.0,
+                                         h.rerank_score is None, -h.score))
         outcome.hits = outcome.hits[:k]
         outcome.reranked = True
         return outcome
@@ -725,7 +766,8 @@ class Searcher:
         # Only words beside a photo or product are an edit (the prototypes are built at the first one).
         edits = view.snap.texts is not None and any(p.text is not None and p.weight > 0 for p in parts) \
             and any(p.text is None and p.weight > 0 for p in parts)
-        refined = mix.refine(view.snap.prototypes(), parts, vectors, self._mix_caption) if edits \
+        refined = mix.refine(view.snap.prototypes(), parts, vectors, self._mix_caption, view.snap.lexicon,
+                             lambda vec: self._neighbour_facets(view, vec)) if edits \
             else mix.Refinement(vectors, {}, None)
         vectors, weights = refined.vectors, [p.weight for p in parts]
         if refined.caption is not None:
@@ -747,15 +789,33 @@ class Searcher:
         scores = np.array(weights) @ z + mix.FACET_WEIGHT * mix.agreement([h.product for h in records], refined.wanted)
         best = [(float(score), h.product.pk, pool[h.product.pk][2], pool[h.product.pk][3], pool[h.product.pk][4])
                 for h, score in zip(records, scores)]
+        lexicon = view.snap.lexicon
+        if refined.facets and lexicon is not None:
+            # Nearest to the values the words name and the photo shows first, as in a text search.
+            calibration = view.snap.calibration
+            visible = calibration.columns if calibration is not None and calibration.columns else refined.wanted
+            apart = {h.product.pk: mix.mismatch(h.product, refined, lexicon, visible) for h in records}
+            best.sort(key=lambda b: (lexicon.distance(apart[b[1]], self.settings.facet_weights), -b[0]))
         reranker = self.reranker if rerank and refined.caption is not None else None
-        outcome = self._finish(view, best, max(k, mix.MIX_RERANK_TOP) if reranker else k, None, timings)
+        outcome = self._finish(view, best, max(k, mix.MIX_RERANK_TOP) if reranker else k, None, timings,
+                               ordered=bool(refined.facets))
         outcome.mode = "mix"
+        if refined.facets and lexicon is not None:
+            for hit in outcome.hits:
+                hit.mismatch = apart[hit.product.pk]
         if reranker is not None:
             assert refined.caption is not None
             outcome = self._mix_reranked(reranker, view, refined.caption, outcome, k)
         # No match probability: the calibration maps text-to-image cosines, and a mix's score is a
         # sum of standardised ones.
         return outcome
+
+    def _neighbour_facets(self, view: View, vec: np.ndarray) -> dict[str, Guess]:
+        """A photo's facet values read off its nearest catalog products."""
+        best = self._vector_best(view, vec, NEIGHBOURS, Filters(), {})
+        hits = self._finish(view, best, NEIGHBOURS, None, {}).hits
+        columns = view.snap.prototypes().values
+        return vote([h.product for h in hits], np.array([h.score for h in hits]), columns)
 
     def _mix_caption(self, vec: np.ndarray) -> str | None:
         """The captioner's caption of a photo's vector (no captioning reranker: a product part has no photo)."""
@@ -772,7 +832,9 @@ class Searcher:
                 hit.rerank_score = score
                 if score is not None:
                     hit.score += logit(score)
-            outcome.hits.sort(key=lambda h: (h.rerank_score is None, -h.score))
+            lexicon, weights = view.snap.lexicon, self.settings.facet_weights
+            outcome.hits.sort(key=lambda h: (lexicon.distance(h.mismatch, weights) if lexicon is not None else 0.0,
+                                             h.rerank_score is None, -h.score))
             outcome.reranked = True
         outcome.hits = outcome.hits[:k]
         return outcome
@@ -837,9 +899,11 @@ class Searcher:
         return best
 
     def _finish(self, view: View, best: list[tuple[float, int, int, int, int]], k: int, exclude: int | None,
-                timings: dict[str, float]) -> SearchOutcome:
-        """Best first, the excluded product out, k hits with their records (snapshot rows or live records)."""
-        best.sort(key=lambda b: -b[0])
+                timings: dict[str, float], *, ordered: bool = False) -> SearchOutcome:
+        """Best first (as given when `ordered`), the excluded product out, k hits with their records
+        (snapshot rows or live records)."""
+        if not ordered:
+            best.sort(key=lambda b: -b[0])
         best = [b for b in best if b[1] != exclude][:k]
         t0 = time.perf_counter()
         snap_rows = [row for _, _, row, _, _ in best if row >= 0]
