@@ -138,6 +138,11 @@ class ResultOut(BaseModel):
         "(fitted on the index version's own catalog; null when the version has no calibration)")
     exact_match: bool = Field(default=False, description="the query names this product (its SKU, its brand or a "
                               "model code in its text): it comes first and its match_probability is 1")
+    facet_mismatch: dict[str, float] = Field(
+        default_factory=dict, description="per catalog column the query names a value of (the version's lexicon "
+        "reads 'stripy navy tee' as pattern, main colour, category): 0 this product has it, 1 it does not, 0.5 it "
+        "has it in another role (a main colour named, found as the secondary). Results are ordered by the "
+        "weighted sum first (CATALENS_FACET_WEIGHTS), then by score")
 
 
 class SearchOut(BaseModel):
@@ -261,7 +266,7 @@ def result_from_hit(hit: Any) -> ResultOut:
                      thumbnail_url=image_url(p.product_id, hit.image_position, thumb=True),
                      first_stage_score=_rounded(hit.first_stage_score), rerank_score=_rounded(hit.rerank_score),
                      caption=hit.caption, match_probability=_rounded(hit.match_probability),
-                     exact_match=hit.exact_match)
+                     exact_match=hit.exact_match, facet_mismatch=hit.mismatch)
 
 
 def _rounded(value: float | None) -> float | None:

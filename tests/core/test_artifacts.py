@@ -31,6 +31,7 @@ def test_manifest_describes_the_files(sample_index: SampleIndex) -> None:
     assert manifest.count == images.ntotal and manifest.text_count == texts.ntotal == len(sample_index.rows())
     assert manifest.dim == 128 and manifest.catalog_checksum and set(manifest.files) == {
         "images.faiss", "texts.faiss", "products.parquet", "rerank_ids.npy", "rerank_features.npy", "keywords.sqlite",
+        "lexicon.json",
         "calibration.json"}
 
 

@@ -131,6 +131,25 @@ def test_an_off_catalog_query_says_no_good_match_and_min_score_cuts_the_tail(cli
         assert _search(client, query, min_score=0.5)["results"] == []
 
 
+def test_a_combination_no_product_has_says_so_and_shows_the_closest_first(client, sample_index: SampleIndex) -> None:
+    """"<colour> <pattern> <category>" with no such product: no_good_match, and the first results are of that
+    category with that colour in them (before the lexicon: the closest looks, other categories among them)."""
+    rows = sample_index.rows()
+    have = {(r["category"], r["main_colour"], r["pattern"]) for r in rows}
+    absent = sorted((c, m, p) for c, m, _ in have for p in ("striped", "dotted", "checkered")
+                    if (c, m, p) not in have and sum(r["category"] == c and r["main_colour"] == m for r in rows) >= 2)
+    assert len(absent) >= 5
+    for category, colour, pattern in absent[:5]:
+        body = _search(client, f"{colour} {pattern} {category}")
+        assert body["no_good_match"], (colour, pattern, category)
+        top = [next(r for r in rows if r["product_id"] == hit["product_id"]) for hit in body["results"][:2]]
+        for row in top:
+            assert row["category"] == category and colour in (row["main_colour"], row["secondary_colour"]), \
+                ((colour, pattern, category), [(r["category"], r["main_colour"], r["pattern"]) for r in top])
+        assert body["results"][0]["facet_mismatch"]["pattern"] == 1 or \
+            body["results"][0]["facet_mismatch"]["main_colour"] == 0.5
+
+
 def test_the_calibration_is_stored_with_the_version(sample_index: SampleIndex) -> None:
     from catalens import artifacts
     from catalens.calibration import CALIBRATION, load_calibration
@@ -141,6 +160,9 @@ def test_the_calibration_is_stored_with_the_version(sample_index: SampleIndex) -
     assert calibration is not None and calibration.pairs >= 100
     assert calibration.first_stage.coef[0] > 0  # a higher cosine is a likelier match
     assert calibration.probability(0.9) > calibration.probability(0.1)
+    # A hit lacking a value the query names (as the lexicon reads it, in a column pictures show) is less likely.
+    assert set(calibration.columns) >= {"category", "main_colour", "pattern"} and calibration.first_stage.coef[1] < 0
+    assert calibration.probability(0.9, mismatch=1.0) < 0.5 <= calibration.probability(0.9)
 
 
 def test_words_in_most_products_are_not_searched_and_change_no_ranking(tmp_path: Path) -> None:
@@ -201,8 +223,8 @@ def test_the_photos_caption_is_rewritten_with_the_named_value() -> None:
 
 def test_a_photo_and_a_colour_keep_the_photos_category_and_pattern(client, sample_index: SampleIndex) -> None:
     """The sample's `mixed` queries: the first result has the photo's category and pattern in the named colour
-    (before the photo's words were read as an edit of its facets and caption, a solid product of that colour
-    came first in most of them)."""
+    (before the words were read by the lexicon and the photo by its neighbours, a solid product of that
+    colour came first in half of them; before any edit, in most)."""
     import json
 
     queries = [json.loads(line) for line in (sample_index.sample_dir / "queries.jsonl").read_text().splitlines()]
@@ -214,7 +236,7 @@ def test_a_photo_and_a_colour_keep_the_photos_category_and_pattern(client, sampl
         body = client.post("/v1/search/mix", json={"parts": parts, "k": 1})
         assert body.status_code == 200, body.text
         right += body.json()["results"][0]["product_id"] in q["relevant"]
-    assert len(mixed) >= 10 and right / len(mixed) >= 0.5, (right, len(mixed))
+    assert len(mixed) >= 10 and right / len(mixed) >= 0.8, (right, len(mixed))
 
 
 def test_a_product_part_leaves_the_product_out(client, sample_index: SampleIndex) -> None:

@@ -20,11 +20,11 @@ from tests.support import SampleIndex, run_cli, tiny_coca_config, write_catalog_
 
 
 def _query(sample_index: SampleIndex) -> str:
-    row = next(r for r in sample_index.rows() if r["pattern"] != "solid")
+    row = next(r for r in sample_index.rows() if r["pattern"] == "striped")
     return f"{row['main_colour']} {row['category']} with {row['secondary_colour']} stripes"
 
 
-def test_rerank_returns_both_scores_and_orders_by_the_fused_score(client, sample_index: SampleIndex) -> None:
+def test_rerank_returns_both_scores_and_orders_by_facets_then_the_fused_score(client, sample_index: SampleIndex) -> None:
     body = client.post("/v1/search/text", json={"query": _query(sample_index), "k": 8, "rerank": True}).json()
     assert body["reranked"] is True and body["index_version"]
     results = body["results"]
@@ -35,8 +35,14 @@ def test_rerank_returns_both_scores_and_orders_by_the_fused_score(client, sample
         p = min(max(r["rerank_score"], 1e-6), 1 - 1e-6)
         # the API rounds scores to 6 decimals; the logit of a small p amplifies that
         assert r["score"] == pytest.approx(math.log(p / (1 - p)) + w * r["first_stage_score"], abs=0.02)
-    scores = [r["score"] for r in results]
-    assert scores == sorted(scores, reverse=True)
+    # Ordered by how far each is from the facet values the query names, then by the fused score.
+    tiers = [tuple(sorted(r["facet_mismatch"].items())) for r in results]
+    assert all(r["facet_mismatch"] for r in results)  # the query names colours, a category, a pattern
+    for tier in set(tiers):
+        scores = [r["score"] for r, t in zip(results, tiers) if t == tier]
+        assert scores == sorted(scores, reverse=True)
+    total = [sum(r["facet_mismatch"].values()) for r in results]
+    assert total[0] == 0 and all(a == 0 or b > 0 for a, b in zip(total, total[1:])), total  # the product asked for
 
 
 def test_without_rerank_results_carry_no_rerank_scores(client, sample_index: SampleIndex) -> None:
