@@ -11,6 +11,7 @@ colour is read as the main one and its second as the secondary one.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections import Counter
@@ -109,10 +110,13 @@ class Lexicon:
     def distance(self, mismatch: dict[str, float], weights: Mapping[str, float]) -> float:
         """How far a hit is from what the query names, one number: each column's mismatch times its
         weight (default 1, LATER_ROLE for a domain's later columns)."""
-        return sum(value * weights.get(column, self._default_weight(column)) for column, value in mismatch.items())
+        later = self._later_roles
+        return sum(value * weights.get(column, LATER_ROLE if column in later else 1.0)
+                   for column, value in mismatch.items())
 
-    def _default_weight(self, column: str) -> float:
-        return LATER_ROLE if any(column in cols[1:] for cols in self.domains.values()) else 1.0
+    @functools.cached_property
+    def _later_roles(self) -> frozenset[str]:
+        return frozenset(c for cols in self.domains.values() for c in cols[1:])
 
     def to_json(self) -> str:
         return json.dumps({"phrases": {p: list(v) for p, v in sorted(self.phrases.items())},
