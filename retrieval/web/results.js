@@ -144,6 +144,19 @@ function cardScore(card, r) {
   }
 }
 
+// What this product lacks of what the query named (the catalog's columns, as the version's lexicon
+// read the words): said on the card, so the closest products are not taken for matches.
+function cardDiffers(card, r) {
+  const differs = Object.entries(r.facet_mismatch || {})
+    .filter(([, v]) => v > 0)
+    .map(([column, v]) => column.replace(/_/g, " ") + (v < 1 ? " (partly)" : ""));
+  if (!differs.length) return;
+  const line = $(".card-differs", card);
+  line.textContent = `Differs: ${differs.join(", ")}`;
+  line.hidden = false;
+  card.dataset.differs = differs.join(",");
+}
+
 function renderCard(r, i, { onOpen, onSimilar }) {
   const card = el.cardTemplate.content.firstElementChild.cloneNode(true);
   card.dataset.productId = r.product_id;
@@ -165,6 +178,7 @@ function renderCard(r, i, { onOpen, onSimilar }) {
     badge.hidden = false;
   }
   cardScore(card, r);
+  cardDiffers(card, r);
 
   const more = $(".more-like-this", card);
   more.setAttribute("aria-label", `More like ${r.title}`);

@@ -267,8 +267,11 @@ def test_rerank_toggle_reranks_and_says_so(page, sample_index: SampleIndex) -> N
     reranked = cards(page)
     assert page.is_visible("#reranked")
     assert reranked and all(0 <= float(c["rerankScore"]) <= 1 for c in reranked)
-    scores = [float(c["score"]) for c in reranked]
-    assert scores == sorted(scores, reverse=True)
+    # Ordered by what differs from the query's named values (said on the card), then by score.
+    assert "differs" not in reranked[0]
+    for differs in {c.get("differs") for c in reranked}:
+        scores = [float(c["score"]) for c in reranked if c.get("differs") == differs]
+        assert scores == sorted(scores, reverse=True)
     wait_images(page, min(4, len(reranked)))
     shot(page, "rerank")
 
@@ -396,6 +399,16 @@ def test_no_good_match_is_said_above_the_closest_products(page, sample_index: Sa
     assert "No good match" in page.inner_text("#no-match")
     assert all(0 <= float(c["matchProbability"]) < 0.5 for c in found)
     shot(page, "no-good-match")
+    # A combination the catalog lacks: the closest products come first, each card saying what differs.
+    rows = sample_index.rows()
+    have = {(r["category"], r["main_colour"], r["pattern"]) for r in rows}
+    category, colour = next((r["category"], r["main_colour"]) for r in rows if (r["category"], r["main_colour"],
+                                                                               "striped") not in have)
+    found = text_search(page, f"{colour} striped {category}")
+    assert page.is_visible("#no-match")
+    assert found[0]["category"] == category and found[0]["differs"], found[0]
+    assert page.locator(".card-differs").first.inner_text().startswith("Differs: ")
+    shot(page, "no-good-match-closest")
     row = next(r for r in sample_index.rows() if r["pattern"] != "solid")
     text_search(page, f"{row['main_colour']} {row['pattern']} {row['category']}")  # a product the catalog has
     assert not page.is_visible("#no-match")
