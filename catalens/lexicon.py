@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from catalens.errors import IndexArtifactError
 from catalens.facets import describable_columns, value_of
 from catalens.records import ProductRecord
@@ -66,7 +68,7 @@ class Lexicon:
     def mentions(self, text: str) -> list[tuple[str, str]]:
         """(domain, value) of each phrase in the text, left to right, longest phrase first."""
         tokens = words(text)
-        longest = max((p.count(" ") + 1 for p in self.phrases), default=1)
+        longest = self._longest
         out: list[tuple[str, str]] = []
         i = 0
         while i < len(tokens):
@@ -107,12 +109,34 @@ class Lexicon:
                         out[cols[0]] = out.get(cols[0], 0.0) + (0.0 if value in have else 1.0)
         return out
 
+    def mismatch_rows(self, codes: FacetCodes, rows: np.ndarray, named: dict[str, list[str]]) -> dict[str, np.ndarray]:
+        """`mismatch` for many snapshot rows at once, from the version's facet codes (no records read)."""
+        out: dict[str, np.ndarray] = {}
+        for domain, values in named.items():
+            cols = self.domains.get(domain, [])
+            if self.ordered.get(domain):
+                for col, value in zip(cols, values):
+                    anywhere = np.logical_or.reduce([codes.has(c, value, rows) for c in cols])
+                    out[col] = np.where(codes.has(col, value, rows), 0.0, np.where(anywhere, PARTIAL, 1.0))
+            else:
+                total = np.zeros(len(rows))
+                for value in values:
+                    total += ~np.logical_or.reduce([codes.has(c, value, rows) for c in cols])
+                out[cols[0]] = out.get(cols[0], 0.0) + total
+        return out
+
     def distance(self, mismatch: dict[str, float], weights: Mapping[str, float]) -> float:
         """How far a hit is from what the query names, one number: each column's mismatch times its
         weight (default 1, LATER_ROLE for a domain's later columns)."""
-        later = self._later_roles
-        return sum(value * weights.get(column, LATER_ROLE if column in later else 1.0)
-                   for column, value in mismatch.items())
+        return sum(value * self.weight(column, weights) for column, value in mismatch.items())
+
+    def weight(self, column: str, weights: Mapping[str, float]) -> float:
+        """A column's weight: as configured, else 1 (LATER_ROLE for a domain's later columns)."""
+        return weights.get(column, LATER_ROLE if column in self._later_roles else 1.0)
+
+    @functools.cached_property
+    def _longest(self) -> int:
+        return max((p.count(" ") + 1 for p in self.phrases), default=1)
 
     @functools.cached_property
     def _later_roles(self) -> frozenset[str]:
@@ -127,6 +151,32 @@ class Lexicon:
         data = json.loads(text)
         return cls({p: (str(v[0]), str(v[1])) for p, v in data["phrases"].items()},
                    {d: list(c) for d, c in data["domains"].items()}, dict(data.get("ordered") or {}))
+
+
+@dataclass(frozen=True)
+class FacetCodes:
+    """A version's facet values as an integer code per row and column (-1: none), so that candidates
+    are measured against a query's named values without reading their records."""
+
+    codes: dict[str, np.ndarray]
+    index: dict[str, dict[str, int]]
+
+    @classmethod
+    def build(cls, values: dict[str, list[str | None]]) -> FacetCodes:
+        codes, index = {}, {}
+        for column, column_values in values.items():
+            names = sorted({v for v in column_values if v is not None})
+            index[column] = {v: i for i, v in enumerate(names)}
+            codes[column] = np.array([index[column].get(v, -1) if v is not None else -1 for v in column_values],
+                                     np.int32)
+        return cls(codes, index)
+
+    def has(self, column: str, value: str, rows: np.ndarray) -> np.ndarray:
+        """Which rows have this value in this column."""
+        code = self.index.get(column, {}).get(value)
+        if code is None:
+            return np.zeros(len(rows), bool)
+        return self.codes[column][rows] == code
 
 
 def _domains(columns: dict[str, list[str]]) -> dict[str, list[str]]:

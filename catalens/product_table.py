@@ -164,6 +164,19 @@ class ProductTable:
             found.update(fresh)
         return [found[row] for row in rows]
 
+    def column_values(self, columns: Sequence[str]) -> dict[str, list[str | None]]:
+        """Each column's value per row: the category, or an attribute (the attributes decoded once)."""
+        out: dict[str, list[str | None]] = {}
+        attributes: list[dict[str, Any]] | None = None
+        for column in columns:
+            if column == "category":
+                out[column] = self.table.column("category").to_pylist()
+                continue
+            if attributes is None:
+                attributes = [json.loads(a or "{}") for a in self.table.column("attributes").to_pylist()]
+            out[column] = [v if isinstance(v := a.get(column), str) and v else None for a in attributes]
+        return out
+
     def all_records(self, batch: int = 8192) -> Iterable[ProductRecord]:
         """Every record, in row order, without filling the recent-records cache."""
         for start in range(0, len(self.pks), batch):

@@ -139,6 +139,7 @@ DECODES_BESIDE_TORCH = {"cmd_index_build", "cmd_index_rebuild", "cmd_index_upser
 def main(argv: list[str] | None = None) -> int:
     """Run one command; typed errors become one line on stderr and exit code 2."""
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     args = build_parser().parse_args(argv)
     if getattr(args.handler, "__name__", "") in DECODES_BESIDE_TORCH:
@@ -151,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         first = exc.errors()[0]
         print(f"catalens: error: invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
+        return 2
+    except SettingsError as exc:  # an environment value that is not JSON where a list or an object is expected
+        print(f"catalens: error: invalid setting: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

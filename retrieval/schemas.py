@@ -141,8 +141,8 @@ class ResultOut(BaseModel):
     facet_mismatch: dict[str, float] = Field(
         default_factory=dict, description="per catalog column the query names a value of (the version's lexicon "
         "reads 'stripy navy tee' as pattern, main colour, category): 0 this product has it, 1 it does not, 0.5 it "
-        "has it in another role (a main colour named, found as the secondary). Results are ordered by the "
-        "weighted sum first (CATALENS_FACET_WEIGHTS), then by score")
+        "has it in another role (a main colour named, found as the secondary). Hybrid and vector results are "
+        "ordered by the weighted sum first (CATALENS_FACET_WEIGHTS), then by score; mixes likewise")
 
 
 class SearchOut(BaseModel):

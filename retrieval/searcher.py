@@ -30,7 +30,7 @@ from catalens.errors import CatalensError, IndexArtifactError, IndexNotReadyErro
 from catalens.facets import FacetPrototypes, Guess, vote
 from catalens.filters import Filters
 from catalens.keywords import KEYWORDS, KeywordIndex, Phrase
-from catalens.lexicon import LEXICON, Lexicon, load_lexicon
+from catalens.lexicon import LEXICON, FacetCodes, Lexicon, load_lexicon
 from catalens.product_table import PRODUCTS, ProductTable
 from catalens.ranking import fused_score, reciprocal_rank_fusion, relative_score_fusion
 from catalens.records import ProductRecord
@@ -133,6 +133,7 @@ class Snapshot:
     calibration: Calibration | None = None
     texts: artifacts.FaissIndex | None = None  # product text vectors (facet prototypes for describe)
     lexicon: Lexicon | None = None  # phrases naming facet values, mined from the catalog
+    facet_codes: FacetCodes | None = None  # each row's facet values as codes (for the lexicon's columns)
     facets_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
     _prototypes: list[FacetPrototypes] = field(default_factory=list, repr=False, compare=False)
 
@@ -229,7 +230,9 @@ def load_snapshot(settings: Settings, encoder: QueryEncoder, reranker_id: str | 
     kw = KeywordIndex(path / KEYWORDS) if KEYWORDS in manifest.files else KeywordIndex(None, products.all_records())
     calibration = load_calibration(path / CALIBRATION) if CALIBRATION in manifest.files else None
     lexicon = load_lexicon(path / LEXICON) if LEXICON in manifest.files else None
-    snap = Snapshot(manifest, images, products, rerank, kw, calibration, texts, lexicon)
+    codes = FacetCodes.build(products.column_values([c for cols in lexicon.domains.values() for c in cols])) \
+        if lexicon is not None else None
+    snap = Snapshot(manifest, images, products, rerank, kw, calibration, texts, lexicon, codes)
     _ = snap.vector_table, snap.row_offsets  # built here, off the request path
     return snap, state.since_seq
 
@@ -468,23 +471,44 @@ class Searcher:
             pinned |= {b[1]: (top + 1.0, *b[1:]) for b in exact}  # the SKU itself before its brand's others
             best = [b for b in best if b[1] not in named] + list(pinned.values())
         cosines = {b[1]: b[0] for b in vector}
-        if not facets:
+        if not facets or not best:
             return TextCandidates(best, named, full, cosines)
         assert lexicon is not None
-        mismatch = self._mismatch(view, lexicon, facets, best)
+        apart = self._mismatch(view, lexicon, facets, best)
+        scores = np.array([-b[0] for b in best])
         if reorder:
-            facet_weights = self.settings.facet_weights
-            best.sort(key=lambda b: (b[1] not in named, lexicon.distance(mismatch[b[1]], facet_weights), -b[0]))
-        return TextCandidates(best, named, full, cosines, mismatch, ordered=reorder)
+            far = sum((lexicon.weight(c, self.settings.facet_weights) * a for c, a in apart.items()),
+                      np.zeros(len(best)))
+            order = np.lexsort((scores, far, np.array([b[1] not in named for b in best])))
+        else:
+            order = np.argsort(scores, kind="stable")
+        best = [best[i] for i in order]
+        # Per column, only for the candidates that can be returned (building them all cost as much as the sort).
+        mismatch = {best[j][1]: {c: float(a[i]) for c, a in apart.items()} for j, i in enumerate(order[:want])}
+        return TextCandidates(best, named, full, cosines, mismatch, ordered=True)
 
     @staticmethod
     def _mismatch(view: View, lexicon: Lexicon, facets: dict[str, list[str]],
-                  best: list[tuple[float, int, int, int, int]]) -> dict[int, dict[str, float]]:
-        """Per candidate pk: how far it is, column by column, from the facet values the query names."""
-        rows = [b[2] for b in best if b[2] >= 0]
-        records = dict(zip(rows, view.snap.products.records(rows)))
-        return {pk: lexicon.mismatch(records[row] if row >= 0 else view.live.records[pk], facets)
-                for _, pk, row, _, _ in best}
+                  best: list[tuple[float, int, int, int, int]]) -> dict[str, np.ndarray]:
+        """Per column, how far each candidate is from the facet value the query names there: the snapshot's
+        rows from the version's facet codes, live products from their records."""
+        rows = np.array([b[2] for b in best], np.int64)
+        snap_rows = rows >= 0
+        codes = view.snap.facet_codes
+        if codes is not None:
+            apart = lexicon.mismatch_rows(codes, np.where(snap_rows, rows, 0), facets)
+            pending = np.flatnonzero(~snap_rows)
+        else:
+            apart, pending = {}, np.arange(len(best))
+        if len(pending):
+            picked = [int(rows[i]) for i in pending if rows[i] >= 0]
+            records = dict(zip(picked, view.snap.products.records(picked)))
+            for i in pending:
+                _, pk, row, _, _ = best[i]
+                for column, value in lexicon.mismatch(records[row] if row >= 0 else view.live.records[pk],
+                                                      facets).items():
+                    apart.setdefault(column, np.zeros(len(best)))[i] = value
+        return apart
 
     def _keyword_flags(self, view: View, phrases: list[Phrase],
                        candidates: list[tuple[float, int, int, int, int]]) -> tuple[set[int], set[int]]:

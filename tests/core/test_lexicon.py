@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from catalens import artifacts
 from catalens.errors import IndexArtifactError
-from catalens.lexicon import LEXICON, Lexicon, load_lexicon
+from catalens.lexicon import LEXICON, FacetCodes, Lexicon, load_lexicon
 from catalens.product_table import PRODUCTS, ProductTable
 from catalens.records import ProductRecord
 from tests.support import SampleIndex
@@ -49,6 +50,20 @@ def test_colours_take_their_roles_in_the_order_titles_name_them(lexicon: Lexicon
     # The colours swapped: each is there, in the other role.
     assert lexicon.mismatch(product, lexicon.named(f"{second} mug with {main} stripes")) == {
         "main_colour": 0.5, "secondary_colour": 0.5, "category": 0.0, "pattern": 0.0}
+
+
+def test_the_columnar_mismatch_equals_the_records_one(lexicon: Lexicon, records: list[ProductRecord],
+                                                     sample_index: SampleIndex) -> None:
+    """What search orders by (codes per row, no records read) is what the records say."""
+    table = ProductTable.load(artifacts.active_version_path(sample_index.index_dir) / PRODUCTS)
+    codes = FacetCodes.build(table.column_values([c for cols in lexicon.domains.values() for c in cols]))
+    rows = np.arange(len(records))
+    for query in ("red mug with white stripes", "stripy navy blue tee", "cotton couch", "plain yellow lamp",
+                  "green and red checked bag", "laptop charger"):
+        named = lexicon.named(query)
+        by_rows = lexicon.mismatch_rows(codes, rows, named)
+        for row, record in enumerate(records):
+            assert {c: float(a[row]) for c, a in by_rows.items()} == lexicon.mismatch(record, named), (query, row)
 
 
 def test_words_the_catalog_does_not_use_name_nothing(lexicon: Lexicon) -> None:

@@ -83,6 +83,16 @@ def test_cli_errors_are_one_line_with_nonzero_exit(tmp_path: Path, argv: list[st
     assert len(lines) == 1 and lines[0].startswith("catalens: error:") and needle in lines[0], result.stderr
 
 
+@pytest.mark.parametrize("value,needle", [("nope", 'field "facet_weights"'), ('{"category": -1}', "facet_weights.category")])
+def test_a_bad_setting_in_the_environment_is_one_line(tmp_path: Path, value: str, needle: str) -> None:
+    # Not JSON where an object is expected was a pydantic-settings traceback.
+    result = run_cli("index", "versions", "--index-dir", str(tmp_path), env={"CATALENS_FACET_WEIGHTS": value})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("catalens: error: invalid setting") and needle in lines[0], \
+        result.stderr
+
+
 def command_paths(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], argparse.ArgumentParser]]:
     """Every command of the tree built by cli.main (each package registers its own)."""
     found = [(prefix, parser)]
