@@ -56,7 +56,8 @@ class Lexicon:
         phrases: dict[str, tuple[str, str]] = {}
         for domain, cols in domains.items():
             for value in sorted({v for c in cols for v in columns[c]}):
-                phrases.setdefault(" ".join(words(value)), (domain, value))
+                if words(value):  # a value of digits only ("42") is a keyword match, not a facet word
+                    phrases.setdefault(" ".join(words(value)), (domain, value))
         sample = records[::max(1, len(records) // MAX_MINED)]
         docs = [(words(f"{r.title} {r.description or ''}"), _domain_values(r, domains)) for r in sample]
         lexicon = cls(phrases, domains)
