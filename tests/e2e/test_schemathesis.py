@@ -19,6 +19,10 @@ from typing import Any
 
 import pytest
 import schemathesis
+
+# Imported here, not lazily inside a deep Hypothesis call stack: pytest's assertion rewriting
+# compiles it, and CPython 3.11.7's compile raised "AST constructor recursion depth mismatch" there.
+import schemathesis.wfc.escalation  # noqa: F401
 from hypothesis import HealthCheck, settings
 
 from tests.support import SampleIndex
