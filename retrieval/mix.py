@@ -54,7 +54,8 @@ def refine(prototypes: FacetPrototypes, parts: Sequence[Part], vectors: list[np.
     `neighbours` reads a photo's facets off its nearest products (zero-shot against the prototypes without)."""
     texts = [part.text for part in parts if part.text is not None and part.weight > 0]
     facets = _lexicon_facets(lexicon, texts) if lexicon is not None else {}
-    named = _indices(prototypes, lexicon, facets) if facets else _zero_shot(prototypes, parts, vectors)
+    named = _indices(prototypes, lexicon, facets) if lexicon is not None and facets \
+        else _zero_shot(prototypes, parts, vectors)
     looks = [vec for part, vec in zip(parts, vectors) if part.text is None and part.weight > 0]
     if not named or not looks:
         return Refinement(vectors, {}, None)
@@ -77,9 +78,8 @@ def _lexicon_facets(lexicon: Lexicon, texts: Sequence[str]) -> dict[str, list[st
     return out
 
 
-def _indices(prototypes: FacetPrototypes, lexicon: Lexicon | None, facets: dict[str, list[str]]) -> dict[str, int]:
+def _indices(prototypes: FacetPrototypes, lexicon: Lexicon, facets: dict[str, list[str]]) -> dict[str, int]:
     """Column -> the named value's index among the prototypes' values (a domain's values go to its columns in order)."""
-    assert lexicon is not None
     out = {}
     for domain, values in facets.items():
         for column, value in zip(lexicon.domains[domain], values):

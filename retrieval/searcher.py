@@ -492,22 +492,13 @@ class Searcher:
                   best: list[tuple[float, int, int, int, int]]) -> dict[str, np.ndarray]:
         """Per column, how far each candidate is from the facet value the query names there: the snapshot's
         rows from the version's facet codes, live products from their records."""
-        rows = np.array([b[2] for b in best], np.int64)
-        snap_rows = rows >= 0
         codes = view.snap.facet_codes
-        if codes is not None:
-            apart = lexicon.mismatch_rows(codes, np.where(snap_rows, rows, 0), facets)
-            pending = np.flatnonzero(~snap_rows)
-        else:
-            apart, pending = {}, np.arange(len(best))
-        if len(pending):
-            picked = [int(rows[i]) for i in pending if rows[i] >= 0]
-            records = dict(zip(picked, view.snap.products.records(picked)))
-            for i in pending:
-                _, pk, row, _, _ = best[i]
-                for column, value in lexicon.mismatch(records[row] if row >= 0 else view.live.records[pk],
-                                                      facets).items():
-                    apart.setdefault(column, np.zeros(len(best)))[i] = value
+        assert codes is not None  # loaded with the lexicon
+        rows = np.array([b[2] for b in best], np.int64)
+        apart = lexicon.mismatch_rows(codes, np.maximum(rows, 0), facets)
+        for i in np.flatnonzero(rows < 0):  # live products: their records are in memory
+            for column, value in lexicon.mismatch(view.live.records[best[i][1]], facets).items():
+                apart[column][i] = value
         return apart
 
     def _keyword_flags(self, view: View, phrases: list[Phrase],

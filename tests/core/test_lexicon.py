@@ -85,3 +85,18 @@ def test_the_lexicon_round_trips_and_a_damaged_one_is_a_typed_error(lexicon: Lex
     path.write_text('{"phrases": {"x": [1]}}')
     with pytest.raises(IndexArtifactError, match="unreadable lexicon"):
         load_lexicon(path)
+
+
+def test_off_catalog_calibration_queries_use_no_word_of_the_catalog(lexicon: Lexicon,
+                                                                    records: list[ProductRecord]) -> None:
+    """The calibration's "nothing here is right" queries: common English words no product text uses."""
+    import random
+
+    from catalens.lexicon import words
+    from indexer.calibrate import off_catalog
+
+    queries = off_catalog(records, 30, random.Random(0))
+    used = {w for r in records for w in words(f"{r.title} {r.description or ''} {r.category or ''}")}
+    assert len(queries) == 30 and all(len(q.split()) == 2 for q in queries)
+    assert not {w for q in queries for w in q.split()} & used
+    assert all(lexicon.named(q) == {} for q in queries)

@@ -301,3 +301,34 @@ def test_a_chinese_query_finds_the_products_its_english_twin_finds(client, sampl
         top = [by_id[r["product_id"]] for r in _search(client, query)["results"][:3]]
         assert any((r["category"], r["main_colour"], r["pattern"]) == (category, colour, pattern) for r in top), \
             (query, [(r["category"], r["main_colour"], r["pattern"]) for r in top])
+
+
+def test_a_live_patch_is_measured_by_its_new_facet_values(sample_index: SampleIndex, tmp_path: Path,
+                                                         encoder) -> None:
+    """The facet order reads the snapshot's codes, and a product changed since from its live record."""
+    import shutil
+    from dataclasses import replace
+
+    from catalens import changes
+    from catalens.config import Settings
+    from catalens.db import create_db_engine, create_session_factory
+    from catalens.filters import Filters
+    from indexer.store import read_records
+    from retrieval.searcher import Searcher
+
+    settings = Settings(index_dir=shutil.copytree(sample_index.index_dir, tmp_path / "idx"), threads=1)
+    searcher = Searcher(settings, create_session_factory(create_db_engine(settings.db_url)), encoder)
+    searcher.reload()
+    row = next(r for r in sample_index.rows() if r["pattern"] == "striped")
+    query = f"{row['main_colour']} striped {row['category']}"
+
+    def hit_of(pid: str) -> dict[str, float]:
+        hits = searcher.search_text(query, 50, Filters()).hits
+        return next(h.mismatch for h in hits if h.product.product_id == pid)
+
+    assert hit_of(row["product_id"])["pattern"] == 0
+    with searcher.sessions.begin() as session:
+        record = next(r for r in read_records(session) if r.product_id == row["product_id"])
+        changes.append(session, "patch", replace(record, attributes={**record.attributes, "pattern": "dotted"}))
+    searcher.refresh_live()
+    assert hit_of(row["product_id"])["pattern"] == 1
